@@ -1,0 +1,105 @@
+"""The one interface every policy implements (diffusion, IBC, ...).
+
+Conventions (env units everywhere outside the policy):
+- observation dict ``{key: (B, To, *shape)}``; a single observation without the batch
+  dimension ``{key: (To, *shape)}`` is accepted too. Low-dim keys are float, image keys
+  (spec type ``"rgb"``) are HWC uint8 as the environment renders them.
+- actions ``(B, T, action_dim)``.
+- a training batch is ``{"obs": {key: (B, To, *shape)}, "action": (B, Tp, action_dim)}``.
+
+The shape spec ``{"obs": {key: {"shape": [...], "type": "low_dim"|"rgb"}}, "action": {"shape": [D]}}``
+describes the keys; it is saved in checkpoints so a policy can be rebuilt from one alone.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from dpolicy.data.normalizer import Normalizer
+
+
+class Policy(nn.Module, metaclass=abc.ABCMeta):
+    """Base class: holds the spec, the horizons and the normalizer."""
+
+    def __init__(self, shape_meta: Mapping, normalizer: Normalizer, horizon: int, n_obs_steps: int,
+                 n_action_steps: int):
+        super().__init__()
+        if not 1 <= n_obs_steps <= horizon or not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
+            raise ValueError(
+                f"need 1 <= n_obs_steps <= horizon and 1 <= n_action_steps <= horizon - n_obs_steps + 1, got "
+                f"horizon={horizon}, n_obs_steps={n_obs_steps}, n_action_steps={n_action_steps}")
+        self.shape_meta = {"obs": {k: dict(v) for k, v in shape_meta["obs"].items()},
+                           "action": dict(shape_meta["action"])}
+        self.normalizer = normalizer
+        self.horizon = int(horizon)
+        self.n_obs_steps = int(n_obs_steps)
+        self.n_action_steps = int(n_action_steps)
+        self.action_dim = int(shape_meta["action"]["shape"][0])
+
+    # -------------------------------------------------------------- to implement
+    @abc.abstractmethod
+    def compute_loss(self, batch: Mapping) -> torch.Tensor:
+        """Scalar training loss for a batch in env units."""
+
+    @abc.abstractmethod
+    def sample_actions(self, nobs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalized action sequence (B, Tp, action_dim) from normalized obs (B, To, ...)."""
+
+    # -------------------------------------------------------------- shared
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def obs_keys(self) -> list[str]:
+        return list(self.shape_meta["obs"].keys())
+
+    def prepare_obs(self, obs: Mapping) -> tuple[dict[str, torch.Tensor], bool]:
+        """To tensors on the policy's device, with a batch dimension; reports if one was added."""
+        out, unbatched = {}, None
+        for key, item in self.shape_meta["obs"].items():
+            if key not in obs:
+                raise KeyError(f"observation is missing key {key!r}; expected keys {self.obs_keys()}")
+            x = obs[key]
+            x = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x)
+            feat_ndim = len(item["shape"])
+            if x.ndim == feat_ndim + 1:
+                is_unbatched = True
+                x = x.unsqueeze(0)
+            elif x.ndim == feat_ndim + 2:
+                is_unbatched = False
+            else:
+                raise ValueError(f"observation {key!r}: expected (B, To, {tuple(item['shape'])}) or "
+                                 f"(To, {tuple(item['shape'])}), got {tuple(x.shape)}")
+            if unbatched is not None and unbatched != is_unbatched:
+                raise ValueError("observation keys disagree on having a batch dimension")
+            unbatched = is_unbatched
+            if tuple(x.shape[2:]) != tuple(item["shape"]):
+                raise ValueError(f"observation {key!r}: feature shape {tuple(x.shape[2:])}, "
+                                 f"expected {tuple(item['shape'])}")
+            if x.shape[1] < self.n_obs_steps:
+                raise ValueError(f"observation {key!r}: {x.shape[1]} steps, need n_obs_steps={self.n_obs_steps}")
+            out[key] = x[:, -self.n_obs_steps:].to(self.device)
+        return out, bool(unbatched)
+
+    @torch.no_grad()
+    def predict_action(self, obs: Mapping) -> dict[str, torch.Tensor]:
+        """Plan from the last To observations (env units in, env units out).
+
+        Returns ``action`` (B, Ta, D): the executable chunk, actions To-1 .. To-1+Ta of the plan,
+        and ``action_pred`` (B, Tp, D): the whole predicted sequence. Without a batch dimension
+        in ``obs`` the outputs have none either.
+        """
+        nobs_raw, unbatched = self.prepare_obs(obs)
+        nobs = {k: self.normalizer.normalize(k, v) for k, v in nobs_raw.items()}
+        naction = self.sample_actions(nobs)
+        action_pred = self.normalizer.unnormalize("action", naction)
+        start = self.n_obs_steps - 1
+        action = action_pred[:, start:start + self.n_action_steps]
+        if unbatched:
+            action, action_pred = action[0], action_pred[0]
+        return {"action": action, "action_pred": action_pred}
