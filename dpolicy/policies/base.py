@@ -103,3 +103,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         if unbatched:
             action, action_pred = action[0], action_pred[0]
         return {"action": action, "action_pred": action_pred}
+
+    def forward(self, batch: Mapping) -> torch.Tensor:
+        """Training loss; lets torch DDP wrap the policy (its hooks run on ``forward``)."""
+        return self.compute_loss(batch)

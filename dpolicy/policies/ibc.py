@@ -1,0 +1,171 @@
+"""Implicit behavioral cloning (Florence et al. 2021): an energy model trained with InfoNCE.
+
+The policy scores (observation history, action chunk) pairs with a scalar energy and acts by
+minimising it. Training contrasts the demonstrated chunk with ``n_counter_examples`` chunks drawn
+uniformly in the action box (the training min/max, widened by ``action_margin`` of the half-range
+on each side, in normalized units). Inference is derivative-free optimisation (DFO): uniform
+samples, rounds of softmax resampling plus Gaussian noise of shrinking scale, final argmin; or,
+optionally, Langevin MCMC (train it with ``grad_penalty_weight`` > 0, as the IBC paper does).
+
+Chunks: the energy covers the ``n_action_steps`` actions that are executed, i.e. positions
+``[To-1, To-1+Ta)`` of the dataset window, so ``horizon`` should be ``To - 1 + Ta``. The predicted
+sequence returned by ``sample_actions`` fills the positions before ``To-1`` (already in the past)
+with the first planned action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dpolicy.data.normalizer import Normalizer
+from dpolicy.models.encoders import ObservationEncoder
+from dpolicy.policies.base import Policy
+
+
+class EnergyMLP(nn.Module):
+    """Scalar energy of (observation features, flattened action chunk).
+
+    ``residual=False``: the paper's plain MLP (Linear + ReLU + Dropout) x n_layers.
+    ``residual=True``: pre-activation residual blocks of the same width.
+    The first layer is split so that the observation part is computed once per observation,
+    not once per candidate action (the hot path of both InfoNCE training and DFO).
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int = 1024, n_layers: int = 4,
+                 dropout: float = 0.1, residual: bool = False):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        self.obs_in = nn.Linear(obs_dim, hidden_dim)
+        self.act_in = nn.Linear(action_dim, hidden_dim, bias=False)
+        self.residual = residual
+        self.blocks = nn.ModuleList()
+        for _ in range(n_layers - 1):
+            if residual:
+                self.blocks.append(nn.Sequential(nn.LayerNorm(hidden_dim), nn.ReLU(), nn.Dropout(dropout),
+                                                 nn.Linear(hidden_dim, hidden_dim)))
+            else:
+                self.blocks.append(nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, hidden_dim)))
+        self.out = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, 1))
+
+    def forward(self, obs_feat: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """obs_feat (B, F), actions (B, N, A) -> energies (B, N)."""
+        h = self.obs_in(obs_feat).unsqueeze(1) + self.act_in(actions)
+        for block in self.blocks:
+            h = h + block(h) if self.residual else block(h)
+        return self.out(h).squeeze(-1)
+
+
+class IbcPolicy(Policy):
+    """Energy-based policy with InfoNCE training and DFO / Langevin inference."""
+
+    def __init__(self, shape_meta: Mapping, normalizer: Normalizer, horizon: int = 2, n_obs_steps: int = 2,
+                 n_action_steps: int = 1, hidden_dim: int = 1024, n_layers: int = 4, dropout: float = 0.1,
+                 residual: bool = False, n_counter_examples: int = 1024, temperature: float = 1.0,
+                 action_margin: float = 0.05, sampler: str = "dfo", dfo_samples: int = 1024, dfo_iters: int = 3,
+                 dfo_noise_scale: float = 0.33, dfo_noise_shrink: float = 0.5, langevin_steps: int = 50,
+                 langevin_step_size: float = 0.1, langevin_noise_scale: float = 0.5,
+                 grad_penalty_weight: float = 0.0, grad_penalty_margin: float = 1.0,
+                 obs_encoder: Mapping | None = None):
+        super().__init__(shape_meta, normalizer, horizon, n_obs_steps, n_action_steps)
+        if horizon < n_obs_steps - 1 + n_action_steps:
+            raise ValueError(f"IBC needs horizon >= n_obs_steps - 1 + n_action_steps, got {horizon}")
+        if sampler not in ("dfo", "langevin"):
+            raise ValueError(f"sampler must be 'dfo' or 'langevin', got {sampler!r}")
+        self.encoder = ObservationEncoder(shape_meta["obs"], **dict(obs_encoder or {}))
+        self.chunk_dim = self.n_action_steps * self.action_dim
+        self.energy = EnergyMLP(self.encoder.output_dim(self.n_obs_steps), self.chunk_dim, hidden_dim,
+                                n_layers, dropout, residual)
+        self.n_counter_examples = int(n_counter_examples)
+        self.temperature = float(temperature)
+        self.bound = 1.0 + float(action_margin)  # normalized actions live in [-1, 1] on the training set
+        self.sampler = sampler
+        self.dfo_samples, self.dfo_iters = int(dfo_samples), int(dfo_iters)
+        self.dfo_noise_scale, self.dfo_noise_shrink = float(dfo_noise_scale), float(dfo_noise_shrink)
+        self.langevin_steps, self.langevin_step_size = int(langevin_steps), float(langevin_step_size)
+        self.langevin_noise_scale = float(langevin_noise_scale)
+        self.grad_penalty_weight, self.grad_penalty_margin = float(grad_penalty_weight), float(grad_penalty_margin)
+
+    # ------------------------------------------------------------------ helpers
+    def _features(self, nobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder(nobs).flatten(1)
+
+    def _uniform(self, batch: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        u = torch.rand(batch, n, self.chunk_dim, device=self.device, generator=generator)
+        return (2 * u - 1) * self.bound
+
+    def energies(self, nobs: Mapping[str, torch.Tensor], nactions: torch.Tensor) -> torch.Tensor:
+        """Energies (B, N) of normalized candidate chunks (B, N, Ta*D) given normalized obs."""
+        return self.energy(self._features(nobs), nactions)
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, batch: Mapping) -> torch.Tensor:
+        nobs = {k: self.normalizer.normalize(k, v[:, : self.n_obs_steps]) for k, v in batch["obs"].items()}
+        start = self.n_obs_steps - 1
+        target = self.normalizer.normalize("action", batch["action"][:, start:start + self.n_action_steps])
+        target = target.reshape(target.shape[0], 1, self.chunk_dim)
+        bsz = target.shape[0]
+        negatives = self._uniform(bsz, self.n_counter_examples)
+        candidates = torch.cat([target, negatives], dim=1)
+        # Put the positive at a random slot so the network cannot learn a position.
+        perm = torch.argsort(torch.rand(bsz, candidates.shape[1], device=self.device), dim=1)
+        candidates = torch.gather(candidates, 1, perm.unsqueeze(-1).expand_as(candidates))
+        labels = torch.argmin(perm, dim=1)  # where index 0 (the positive) went
+        feat = self._features(nobs)
+        if self.grad_penalty_weight > 0:
+            candidates = candidates.detach().requires_grad_(True)
+        energy = self.energy(feat, candidates)
+        loss = F.cross_entropy(-energy / self.temperature, labels)
+        if self.grad_penalty_weight > 0:
+            grad = torch.autograd.grad(energy.sum(), candidates, create_graph=True)[0]
+            excess = (grad.norm(dim=-1) - self.grad_penalty_margin).clamp_min(0)
+            loss = loss + self.grad_penalty_weight * (excess ** 2).mean()
+        return loss
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def _dfo(self, feat: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        bsz = feat.shape[0]
+        samples = self._uniform(bsz, self.dfo_samples, generator)
+        scale = self.dfo_noise_scale
+        for _ in range(self.dfo_iters):
+            energy = self.energy(feat, samples)
+            probs = torch.softmax(-energy / self.temperature, dim=1)
+            idx = torch.multinomial(probs, self.dfo_samples, replacement=True, generator=generator)
+            samples = torch.gather(samples, 1, idx.unsqueeze(-1).expand_as(samples))
+            noise = torch.randn(samples.shape, device=samples.device, generator=generator)
+            samples = (samples + scale * noise).clamp(-self.bound, self.bound)
+            scale *= self.dfo_noise_shrink
+        best = self.energy(feat, samples).argmin(dim=1)
+        return samples[torch.arange(bsz, device=samples.device), best]
+
+    def _langevin(self, feat: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        bsz = feat.shape[0]
+        samples = self._uniform(bsz, self.dfo_samples, generator)
+        with torch.enable_grad():
+            for i in range(self.langevin_steps):
+                # Polynomially decaying step size, as in the IBC paper's Langevin sampler.
+                step = self.langevin_step_size * (1 - i / self.langevin_steps) ** 2 + 1e-5
+                samples = samples.detach().requires_grad_(True)
+                grad = torch.autograd.grad(self.energy(feat, samples).sum(), samples)[0]
+                noise = torch.randn(samples.shape, device=samples.device, generator=generator)
+                samples = samples - step * grad + (2 * step) ** 0.5 * self.langevin_noise_scale * noise
+                samples = samples.clamp(-self.bound, self.bound)
+        with torch.no_grad():
+            best = self.energy(feat, samples).argmin(dim=1)
+        return samples.detach()[torch.arange(bsz, device=samples.device), best]
+
+    def sample_actions(self, nobs: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        was_training = self.training
+        self.eval()  # no dropout while optimising the energy
+        feat = self._features(nobs)
+        chunk = self._dfo(feat, generator) if self.sampler == "dfo" else self._langevin(feat, generator)
+        self.train(was_training)
+        chunk = chunk.reshape(-1, self.n_action_steps, self.action_dim)
+        past = chunk[:, :1].expand(-1, self.n_obs_steps - 1, -1)
+        tail = chunk[:, -1:].expand(-1, self.horizon - (self.n_obs_steps - 1) - self.n_action_steps, -1)
+        return torch.cat([past, chunk, tail], dim=1)

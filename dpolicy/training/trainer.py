@@ -1,0 +1,337 @@
+"""One trainer for every policy of the package.
+
+The trainer knows nothing about diffusion or energies: it builds the dataset and the policy from
+the hydra config (``cfg.task.dataset`` and ``cfg.policy`` are ``_target_`` nodes), then runs
+AdamW with a warm-up + cosine learning-rate schedule, gradient clipping and an EMA of the
+weights. Every ``checkpoint_every`` steps it writes ``checkpoints/latest.pt`` (atomically), so
+``resume=true`` continues a killed run from there with the same data order, RNG streams,
+optimizer and EMA state. Periodic rollouts score the EMA policy and keep the top-k checkpoints.
+
+Launched under ``torchrun`` it trains with DistributedDataParallel (gloo on CPU, nccl on CUDA);
+each process draws its own shard of every epoch and ``batch_size`` is per process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from dpolicy.training.checkpoint import build_policy, read_checkpoint, save_checkpoint
+from dpolicy.training.devices import resolve_device
+from dpolicy.training.logging import RunLogger
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warm-up from 0 to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _DistributedContext:
+    """Rank / world size from torchrun's environment; a no-op context for a single process."""
+
+    def __init__(self, device_name: str):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(device_name, self.local_rank)
+        if self.enabled and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class Trainer:
+    """Train ``cfg.policy`` on ``cfg.task.dataset``; see the module docstring."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.tcfg = cfg.training
+        self.run_dir = Path(cfg.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ctx = _DistributedContext(str(cfg.device))
+        if self.tcfg.get("num_threads"):
+            torch.set_num_threads(int(self.tcfg.num_threads))
+
+        _seed_everything(int(cfg.seed) + self.ctx.rank)
+        self.dataset = instantiate(cfg.task.dataset, _convert_="all")
+        if len(self.dataset) == 0:
+            raise ValueError(f"dataset {cfg.task.dataset.get('path')} has no training windows")
+        self.val_dataset = self.dataset.get_validation_dataset()
+        self.shape_meta = self.dataset.shape_meta
+        self.policy = build_policy(cfg, self.shape_meta, self.dataset.fit_normalizer()).to(self.ctx.device)
+        self.ema = None
+        if self.tcfg.ema.enabled:
+            from dpolicy.models.ema import EMA
+
+            self.ema = EMA(self.policy, power=float(self.tcfg.ema.power), max_value=float(self.tcfg.ema.max_value))
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=float(self.tcfg.lr), betas=tuple(self.tcfg.betas),
+            weight_decay=float(self.tcfg.weight_decay))
+        total = int(self.tcfg.max_steps)
+        warmup = int(self.tcfg.warmup_steps)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, warmup, total, float(self.tcfg.get("min_lr_ratio", 0.0))))
+        self.model = self.policy
+        if self.ctx.enabled:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.policy, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None)
+
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.elapsed_s = 0.0  # training wall-clock accumulated over resumed segments
+        self.top_k: list[dict[str, Any]] = []  # [{"score", "step", "path"}], best first
+        self.logger = RunLogger(self.run_dir, enabled=self.ctx.is_main, tensorboard=bool(self.tcfg.tensorboard),
+                                wandb=bool(self.tcfg.wandb), config=OmegaConf.to_container(cfg, resolve=True))
+        if cfg.resume:
+            self._load_for_resume()
+
+    # ------------------------------------------------------------------ data order
+    def _epoch_batches(self, epoch: int) -> np.ndarray:
+        """This process's batches of window indices for an epoch: a seeded permutation, sharded by rank."""
+        rng = np.random.default_rng([int(self.cfg.seed), epoch])
+        perm = rng.permutation(len(self.dataset))[self.ctx.rank::self.ctx.world_size]
+        bs = int(self.tcfg.batch_size)
+        n_batches = len(perm) // bs if len(perm) >= bs else 1
+        if self.ctx.enabled:  # every rank must take the same number of steps
+            n = torch.tensor([n_batches])
+            dist.all_reduce(n, op=dist.ReduceOp.MIN)
+            n_batches = int(n.item())
+        return perm[: n_batches * bs].reshape(n_batches, -1) if len(perm) >= bs else perm[None]
+
+    def _to_device(self, batch: dict) -> dict:
+        dev = self.ctx.device
+        return {"obs": {k: v.to(dev, non_blocking=True) for k, v in batch["obs"].items()},
+                "action": batch["action"].to(dev, non_blocking=True)}
+
+    # ------------------------------------------------------------------ main loop
+    def train(self) -> dict[str, Any]:
+        """Run until ``max_steps`` (or ``max_minutes``); returns the final summary."""
+        t = self.tcfg
+        max_steps, max_seconds = int(t.max_steps), (float(t.max_minutes) * 60 if t.get("max_minutes") else None)
+        stop_requested = {"flag": False}
+        previous_handler = signal.getsignal(signal.SIGTERM)
+        if self.ctx.is_main and not self.ctx.enabled:
+            signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
+
+        bar = tqdm(total=max_steps, initial=self.step, disable=not self.ctx.is_main or not t.progress,
+                   desc="train", dynamic_ncols=True)
+        segment_start, last_log_time, last_log_step = time.perf_counter(), time.perf_counter(), self.step
+        base_elapsed = self.elapsed_s
+        loss_sum, loss_n = 0.0, 0
+        interrupted = False
+        try:
+            while self.step < max_steps:
+                batches = self._epoch_batches(self.epoch)
+                while self.batch_in_epoch < len(batches) and self.step < max_steps:
+                    self.policy.train()
+                    batch = self._to_device(self.dataset.get_batch(batches[self.batch_in_epoch]))
+                    loss = self.model(batch)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if t.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(self.policy.parameters(), float(t.grad_clip))
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    if self.ema is not None:
+                        self.ema.step(self.policy)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+                    self.elapsed_s = base_elapsed + time.perf_counter() - segment_start
+
+                    if self.step % int(t.log_every) == 0 or self.step == max_steps:
+                        now = time.perf_counter()
+                        rate = (self.step - last_log_step) / max(now - last_log_time, 1e-9)
+                        lr = self.optimizer.param_groups[0]["lr"]
+                        record = {"step": self.step, "epoch": self.epoch, "train_loss": loss_sum / loss_n,
+                                  "lr": lr, "steps_per_s": rate, "elapsed_min": self.elapsed_s / 60}
+                        self.logger.log(record)
+                        bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{lr:.2e}", it_s=f"{rate:.1f}")
+                        bar.update(self.step - bar.n)
+                        loss_sum, loss_n, last_log_time, last_log_step = 0.0, 0, now, self.step
+                    self._periodic(max_steps)
+                    if stop_requested["flag"] or (max_seconds is not None and self.elapsed_s >= max_seconds):
+                        raise _StopTraining
+                if self.batch_in_epoch >= len(batches):
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+        except (_StopTraining, KeyboardInterrupt) as exc:
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            if self.ctx.is_main:
+                bar.write(f"stopping at step {self.step}: "
+                          f"{'interrupted' if interrupted else 'time budget or SIGTERM'}; writing checkpoint")
+        finally:
+            bar.close()
+            if self.ctx.is_main and not self.ctx.enabled:
+                signal.signal(signal.SIGTERM, previous_handler)
+
+        if self.ctx.is_main:
+            self._save("latest.pt")
+        summary = {"step": self.step, "epoch": self.epoch, "train_minutes": self.elapsed_s / 60,
+                   "interrupted": interrupted, "run_dir": str(self.run_dir), "top_k": self.top_k}
+        if self.ctx.is_main:
+            if not interrupted and int(t.eval_every) > 0 and self.step % int(t.eval_every) != 0:
+                summary["final_eval"] = self._evaluate()
+            self.logger.close()
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.ctx.barrier()
+        self.ctx.close()
+        return summary
+
+    def _periodic(self, max_steps: int) -> None:
+        t = self.tcfg
+        if self.ctx.is_main and int(t.val_every) > 0 and self.step % int(t.val_every) == 0:
+            self.logger.log({"step": self.step, "val_loss": self.validation_loss()})
+        if self.ctx.is_main and int(t.eval_every) > 0 and self.step % int(t.eval_every) == 0:
+            self._evaluate()
+        if self.ctx.is_main and (self.step % int(t.checkpoint_every) == 0):
+            self._save("latest.pt")
+
+    # ------------------------------------------------------------------ validation and rollouts
+    def eval_policy(self) -> torch.nn.Module:
+        """The policy that is evaluated and deployed: the EMA weights when EMA is on."""
+        return self.ema.averaged_model if self.ema is not None else self.policy
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean loss over up to ``val_batches`` fixed validation batches (noise seeded, RNG untouched)."""
+        ds = self.val_dataset
+        if ds is None or len(ds) == 0:
+            return float("nan")
+        model = self.eval_policy()
+        model.eval()
+        bs = int(self.tcfg.batch_size)
+        idx = np.arange(len(ds))
+        losses = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.cfg.seed))
+            for start in range(0, min(len(ds), bs * int(self.tcfg.val_batches)), bs):
+                losses.append(float(model.compute_loss(self._to_device(ds.get_batch(idx[start:start + bs])))))
+        return float(np.mean(losses))
+
+    def _evaluate(self) -> dict[str, Any]:
+        from dpolicy.evaluation import evaluate, protocol_seeds
+
+        ecfg = self.tcfg.eval
+        model = self.eval_policy()
+        model.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.cfg.seed))
+            metrics = evaluate(model, env_id=self.cfg.task.env_id, seeds=protocol_seeds(ecfg.protocol),
+                               env_kwargs=OmegaConf.to_container(self.cfg.task.env_kwargs, resolve=True),
+                               n_envs=ecfg.get("n_envs"), vector=str(ecfg.vector),
+                               max_steps=int(self.cfg.task.max_steps), progress=False,
+                               out_dir=self.run_dir / "eval" / f"step_{self.step:07d}",
+                               n_videos=int(ecfg.get("n_videos", 0)))
+        record = {"step": self.step, "elapsed_min": self.elapsed_s / 60,
+                  **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        self.logger.log(record)
+        self._keep_top_k(float(metrics["score"]))
+        return metrics
+
+    def _keep_top_k(self, score: float) -> None:
+        k = int(self.tcfg.top_k)
+        if k <= 0:
+            return
+        worst = self.top_k[-1]["score"] if len(self.top_k) >= k else -math.inf
+        if score <= worst:
+            return
+        name = f"step={self.step:07d}-score={score:.3f}.pt"
+        self._save(name)
+        self.top_k.append({"score": score, "step": self.step, "path": str(self.ckpt_dir / name)})
+        self.top_k.sort(key=lambda e: (-e["score"], e["step"]))
+        for dropped in self.top_k[k:]:
+            Path(dropped["path"]).unlink(missing_ok=True)
+        self.top_k = self.top_k[:k]
+        self._save("latest.pt")  # the top-k list is part of the resumable state
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_payload(self) -> dict[str, Any]:
+        return {
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "shape_meta": self.shape_meta,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "elapsed_s": self.elapsed_s,
+            "model": self.policy.state_dict(),
+            "ema_model": self.ema.averaged_model.state_dict() if self.ema is not None else None,
+            "ema_state": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "top_k": self.top_k,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        }
+
+    def _save(self, name: str) -> Path:
+        return save_checkpoint(self.ckpt_dir / name, self.state_payload())
+
+    def _load_for_resume(self) -> None:
+        path = self.ckpt_dir / "latest.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"resume=true but there is no checkpoint to resume from at {path}")
+        payload = read_checkpoint(path, map_location=self.ctx.device)
+        saved_target = payload["config"]["policy"].get("_target_")
+        if saved_target != self.cfg.policy.get("_target_"):
+            raise ValueError(f"{path} holds a {saved_target} policy, the config asks for {self.cfg.policy._target_}")
+        self.policy.load_state_dict(payload["model"])
+        if self.ema is not None and payload.get("ema_state") is not None:
+            self.ema.load_state_dict(payload["ema_state"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.lr_scheduler.load_state_dict(payload["lr_scheduler"])
+        self.step, self.epoch = int(payload["step"]), int(payload["epoch"])
+        self.batch_in_epoch, self.elapsed_s = int(payload["batch_in_epoch"]), float(payload["elapsed_s"])
+        self.top_k = list(payload.get("top_k", []))
+        if self.ctx.enabled:
+            # Only rank 0's RNG streams are saved: give every rank a fresh, distinct stream instead.
+            _seed_everything(int(self.cfg.seed) + self.ctx.rank + 1_000_003 * self.step)
+        else:
+            rng = payload["rng"]
+            torch.set_rng_state(rng["torch"].cpu())
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+        if self.ctx.is_main:
+            tqdm.write(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
+
+
+class _StopTraining(Exception):
+    """Raised inside the loop to stop cleanly (time budget or SIGTERM)."""
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

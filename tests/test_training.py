@@ -1,0 +1,174 @@
+"""The trainer: loss falls, checkpoints describe themselves, a killed run resumes exactly, DDP works."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpolicy.data.replay_buffer import ReplayBuffer
+from dpolicy.training.checkpoint import load_policy, read_checkpoint
+from dpolicy.training.config import compose_config
+from dpolicy.training.trainer import Trainer, warmup_cosine
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A tiny diffusion policy that trains in well under a second per 10 steps on one core.
+TINY = [
+    "policy.down_dims=[16,32]", "policy.kernel_size=3", "policy.n_groups=4", "policy.step_embed_dim=16",
+    "policy.num_train_timesteps=20", "policy.num_inference_steps=4",
+    "horizon=8", "n_obs_steps=2", "n_action_steps=4",
+    "training.batch_size=16", "training.warmup_steps=5", "training.log_every=5", "training.val_every=20",
+    "training.val_batches=2", "training.eval_every=0", "training.checkpoint_every=10", "training.progress=false",
+    "training.num_threads=1", "device=cpu",
+]
+
+
+def make_toy_pusht_dataset(path: Path, n_episodes: int = 6, seed: int = 0) -> Path:
+    """Smooth random Push-T-like episodes: agent moving toward a target, block fixed per episode."""
+    rng = np.random.default_rng(seed)
+    buf = ReplayBuffer.create(path)
+    for _ in range(n_episodes):
+        length = int(rng.integers(30, 50))
+        target = rng.uniform(100, 400, size=2)
+        agent = np.empty((length, 2))
+        agent[0] = rng.uniform(100, 400, size=2)
+        for t in range(1, length):
+            agent[t] = agent[t - 1] + 0.2 * (target - agent[t - 1])
+        block = np.tile(rng.uniform(150, 350, size=3), (length, 1))
+        state = np.concatenate([agent, block], axis=1).astype(np.float32)
+        keypoint = (block[:, None, :2] + rng.normal(0, 30, size=(1, 9, 2))).astype(np.float32)
+        action = np.concatenate([agent[1:], agent[-1:]], axis=0).astype(np.float32)
+        buf.append_episode({"state": state, "keypoint": keypoint, "action": action,
+                            "n_contacts": np.zeros((length, 1), np.float32)})
+    buf.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def toy_dataset(tmp_path_factory) -> Path:
+    return make_toy_pusht_dataset(tmp_path_factory.mktemp("data") / "toy.zarr")
+
+
+def tiny_cfg(dataset: Path, run_dir: Path, *extra: str):
+    return compose_config("pusht_lowdim", [f"task.dataset.path={dataset}", f"run_dir={run_dir}",
+                                           "task.dataset.val_ratio=0.2", *TINY, *extra])
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(10, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine(100, 10, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_loss_falls_and_checkpoint_is_self_describing(toy_dataset, tmp_path):
+    run = tmp_path / "run"
+    summary = Trainer(tiny_cfg(toy_dataset, run, "training.max_steps=150", "training.lr=1e-3")).train()
+    assert summary["step"] == 150
+    records = [r for r in map(eval_json, (run / "log.jsonl").read_text().splitlines()) if "train_loss" in r]
+    first, last = records[0]["train_loss"], np.mean([r["train_loss"] for r in records[-3:]])
+    assert last < 0.5 * first, (first, last)
+    assert any("val_loss" in r for r in map(eval_json, (run / "log.jsonl").read_text().splitlines()))
+    assert (run / "curves.png").stat().st_size > 0
+
+    payload = read_checkpoint(run / "checkpoints" / "latest.pt")
+    for key in ("config", "shape_meta", "package_version", "step", "model", "ema_model", "optimizer"):
+        assert key in payload
+    assert payload["shape_meta"]["obs"]["obs"]["shape"] == [20]
+    policy, cfg = load_policy(run / "checkpoints" / "latest.pt")
+    assert cfg.task.env_id == "envs/PushTKeypoints-v0"
+    # EMA weights are what load_policy returns by default.
+    ema = payload["ema_model"]
+    name = next(k for k in ema if k.endswith("weight") and not k.startswith("normalizer"))
+    assert torch.equal(policy.state_dict()[name], ema[name])
+    assert not torch.equal(payload["model"][name], ema[name])
+    # Normalization travels with the weights: actions come back in env units.
+    obs = {"obs": torch.full((2, 20), 250.0)}
+    action = policy.predict_action(obs)["action"]
+    assert action.shape == (4, 2) and torch.isfinite(action).all()
+    assert (action > 0).all() and (action < 600).all()
+
+
+def eval_json(line: str) -> dict:
+    import json
+
+    return json.loads(line)
+
+
+def _final_state(run: Path) -> dict:
+    payload = read_checkpoint(run / "checkpoints" / "latest.pt")
+    return {"step": payload["step"], "model": payload["model"], "ema": payload["ema_model"],
+            "opt": payload["optimizer"]["state"]}
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    for part in ("model", "ema"):
+        for k in a[part]:
+            if isinstance(a[part][k], torch.Tensor):
+                assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+    for pid, st in a["opt"].items():
+        for k, v in st.items():
+            assert torch.equal(v, b["opt"][pid][k]), f"optimizer state {pid}.{k} differs"
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(toy_dataset, tmp_path):
+    steps = "training.max_steps=300"
+    straight = tmp_path / "straight"
+    Trainer(tiny_cfg(toy_dataset, straight, steps)).train()
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "dpolicy", "train", *(f"{o}" for o in [
+        f"task.dataset.path={toy_dataset}", f"run_dir={killed}", "task.dataset.val_ratio=0.2", *TINY, steps])]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = killed / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if latest.exists() and read_checkpoint(latest)["step"] >= 30:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training exited before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = read_checkpoint(latest)["step"]
+    assert 30 <= killed_at < 300
+
+    Trainer(tiny_cfg(toy_dataset, killed, steps, "resume=true")).train()
+    _assert_same_state(_final_state(straight), _final_state(killed))
+
+
+def test_resume_without_checkpoint_is_a_clear_error(toy_dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="latest.pt"):
+        Trainer(tiny_cfg(toy_dataset, tmp_path / "nothing", "resume=true"))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(toy_dataset, tmp_path):
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "dpolicy", "train",
+           f"task.dataset.path={toy_dataset}", f"run_dir={run}", "task.dataset.val_ratio=0.2", *TINY,
+           "training.max_steps=20"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    policy, _ = load_policy(run / "checkpoints" / "latest.pt")
+    assert read_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 20
+    out = policy.predict_action({"obs": np.full((2, 20), 250.0, np.float32)})
+    assert out["action"].shape == (4, 2)
