@@ -1,0 +1,24 @@
+"""Gymnasium environments of the package. Importing ``envs`` registers:
+
+- ``envs/PushT-v0``: Push-T with state observations (5,)
+- ``envs/PushTKeypoints-v0``: Push-T with keypoint observations (20,)
+- ``envs/PushTImage-v0``: Push-T with image observations {"image": (96, 96, 3) uint8, "agent_pos": (2,)}
+
+``gymnasium.make("envs/PushT-v0", render_mode="rgb_array")`` then works; in a fresh process
+(e.g. a spawned vector-env worker) ``gymnasium.make("envs:envs/PushT-v0")`` imports ``envs`` first.
+Episodes are truncated after 300 steps by the environment itself (no TimeLimit wrapper).
+"""
+
+from __future__ import annotations
+
+from gymnasium.envs.registration import register, registry
+
+_PUSHT_IDS = {
+    "envs/PushT-v0": "state",
+    "envs/PushTKeypoints-v0": "keypoints",
+    "envs/PushTImage-v0": "image",
+}
+
+for _env_id, _obs_type in _PUSHT_IDS.items():
+    if _env_id not in registry:
+        register(id=_env_id, entry_point="envs.pusht.env:PushTEnv", kwargs={"obs_type": _obs_type})
