@@ -14,6 +14,7 @@ describes the keys; it is saved in checkpoints so a policy can be rebuilt from o
 from __future__ import annotations
 
 import abc
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -53,7 +54,7 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
     # -------------------------------------------------------------- shared
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        return next(itertools.chain(self.parameters(), self.buffers())).device
 
     def obs_keys(self) -> list[str]:
         return list(self.shape_meta["obs"].keys())

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpolicy.data.normalizer import Normalizer
-from dpolicy.models.encoders import ObservationEncoder
+from dpolicy.models.obs_encoder import ObservationEncoder
 from dpolicy.policies.base import Policy
 
 
@@ -76,9 +76,9 @@ class IbcPolicy(Policy):
             raise ValueError(f"IBC needs horizon >= n_obs_steps - 1 + n_action_steps, got {horizon}")
         if sampler not in ("dfo", "langevin"):
             raise ValueError(f"sampler must be 'dfo' or 'langevin', got {sampler!r}")
-        self.encoder = ObservationEncoder(shape_meta["obs"], **dict(obs_encoder or {}))
+        self.encoder = ObservationEncoder(shape_meta["obs"], self.n_obs_steps, **dict(obs_encoder or {}))
         self.chunk_dim = self.n_action_steps * self.action_dim
-        self.energy = EnergyMLP(self.encoder.output_dim(self.n_obs_steps), self.chunk_dim, hidden_dim,
+        self.energy = EnergyMLP(self.encoder.output_dim, self.chunk_dim, hidden_dim,
                                 n_layers, dropout, residual)
         self.n_counter_examples = int(n_counter_examples)
         self.temperature = float(temperature)
@@ -92,7 +92,7 @@ class IbcPolicy(Policy):
 
     # ------------------------------------------------------------------ helpers
     def _features(self, nobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.encoder(nobs).flatten(1)
+        return self.encoder(nobs)
 
     def _uniform(self, batch: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         u = torch.rand(batch, n, self.chunk_dim, device=self.device, generator=generator)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpolicy.data.normalizer import Normalizer
-from dpolicy.models.encoders import ObservationEncoder
+from dpolicy.models.obs_encoder import ObservationEncoder
 from dpolicy.policies.base import Policy
 
 
@@ -22,9 +22,9 @@ class MseRegressionPolicy(Policy):
                  n_action_steps: int = 8, hidden_dim: int = 256, n_layers: int = 3,
                  obs_encoder: Mapping | None = None):
         super().__init__(shape_meta, normalizer, horizon, n_obs_steps, n_action_steps)
-        self.encoder = ObservationEncoder(shape_meta["obs"], **dict(obs_encoder or {}))
+        self.encoder = ObservationEncoder(shape_meta["obs"], self.n_obs_steps, **dict(obs_encoder or {}))
         layers: list[nn.Module] = []
-        width = self.encoder.output_dim(self.n_obs_steps)
+        width = self.encoder.output_dim
         for _ in range(n_layers - 1):
             layers += [nn.Linear(width, hidden_dim), nn.Mish()]
             width = hidden_dim
@@ -32,7 +32,7 @@ class MseRegressionPolicy(Policy):
         self.mlp = nn.Sequential(*layers)
 
     def _predict(self, nobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        out = self.mlp(self.encoder(nobs).flatten(1))
+        out = self.mlp(self.encoder(nobs))
         return out.reshape(-1, self.horizon, self.action_dim)
 
     def compute_loss(self, batch: Mapping) -> torch.Tensor:

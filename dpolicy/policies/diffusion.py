@@ -1,0 +1,165 @@
+"""Diffusion Policy (Chi et al., RSS 2023) with the 1D temporal-conv UNet.
+
+The denoiser predicts a whole action sequence of ``horizon`` steps, conditioned (FiLM, "global
+conditioning") on the flattened encoding of the last ``n_obs_steps`` observations. Training
+follows DDPM with ``num_train_timesteps`` steps; sampling uses any scheduler of
+:data:`dpolicy.models.noise_schedulers.SCHEDULERS` with any number of steps, switchable after
+training with :meth:`DiffusionPolicy.set_inference`.
+
+Every constructor argument is a plain value so that hydra can build the policy from a config
+(``_target_: dpolicy.policies.diffusion.DiffusionPolicy``) and a checkpoint can rebuild it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from dpolicy.data.normalizer import Normalizer
+from dpolicy.models.noise_schedulers import (
+    ReverseDiffusion,
+    make_inference_scheduler,
+    make_training_scheduler,
+    training_target,
+)
+from dpolicy.models.obs_encoder import ObservationEncoder
+from dpolicy.models.unet1d import ConditionalUnet1D
+from dpolicy.policies.base import Policy
+
+
+class DiffusionPolicy(Policy):
+    """Diffusion Policy: observation encoder + conditional 1D UNet + noise schedule.
+
+    Args:
+        shape_meta, normalizer, horizon, n_obs_steps, n_action_steps: see :class:`Policy`.
+        down_dims, kernel_size, n_groups, step_embed_dim: the UNet (see :class:`ConditionalUnet1D`).
+        num_train_timesteps, beta_schedule, prediction_type ("epsilon" | "sample" | "v_prediction"),
+            clip_sample: the DDPM training schedule.
+        inference_scheduler, num_inference_steps: sampling defaults (None steps: as many as in training).
+        fast_sampling: use the precomputed DDPM/DDIM update instead of diffusers' ``step`` (same result).
+        lowdim_mlp, crop_shape, num_keypoints, image_feature_dim, share_rgb_encoder: the observation
+            encoder (see :class:`ObservationEncoder`).
+    """
+
+    def __init__(self, shape_meta: Mapping, normalizer: Normalizer, horizon: int = 16, n_obs_steps: int = 2,
+                 n_action_steps: int = 8,
+                 down_dims: Sequence[int] = (256, 512, 1024), kernel_size: int = 5, n_groups: int = 8,
+                 step_embed_dim: int = 256,
+                 num_train_timesteps: int = 100, beta_schedule: str = "squaredcos_cap_v2",
+                 prediction_type: str = "epsilon", clip_sample: bool = True,
+                 inference_scheduler: str = "ddpm", num_inference_steps: int | None = None,
+                 fast_sampling: bool = True,
+                 lowdim_mlp: Sequence[int] | None = None, crop_shape: Sequence[int] | None = (84, 84),
+                 num_keypoints: int = 32, image_feature_dim: int = 64, share_rgb_encoder: bool = False):
+        super().__init__(shape_meta, normalizer, horizon, n_obs_steps, n_action_steps)
+        missing = [k for k in [*self.obs_keys(), "action"] if k not in normalizer]
+        if missing:
+            raise ValueError(f"normalizer has no entry for {missing}; it must cover every observation key "
+                             f"and 'action' (build it with Normalizer.fit or Normalizer.from_spec)")
+        self.obs_encoder = ObservationEncoder(
+            self.shape_meta["obs"], n_obs_steps, lowdim_mlp=lowdim_mlp, crop_shape=crop_shape,
+            num_keypoints=num_keypoints, image_feature_dim=image_feature_dim, share_rgb_encoder=share_rgb_encoder)
+        self.model = ConditionalUnet1D(self.action_dim, self.obs_encoder.output_dim, down_dims=down_dims,
+                                       kernel_size=kernel_size, n_groups=n_groups, step_embed_dim=step_embed_dim)
+        if self.horizon % self.model.time_reduction:
+            raise ValueError(f"horizon {self.horizon} must be divisible by {self.model.time_reduction} "
+                             f"for a UNet with {len(self.model.down_dims)} levels (down_dims={list(down_dims)})")
+        self.noise_scheduler = make_training_scheduler(num_train_timesteps, beta_schedule, prediction_type,
+                                                       clip_sample)
+        self.fast_sampling = bool(fast_sampling)
+        self.inference_scheduler_name = inference_scheduler
+        self._sampler: ReverseDiffusion | None = None
+        self._predict_generator: torch.Generator | None = None
+        self.set_inference(inference_scheduler, num_inference_steps or num_train_timesteps)
+
+    # ------------------------------------------------------------------ sampling setup
+    def set_inference(self, scheduler: str | None = None, steps: int | None = None,
+                      fast: bool | None = None) -> None:
+        """Choose the sampling scheduler (e.g. "ddpm", "ddim"), its number of steps and the fast path.
+
+        Arguments left out keep their current value. The weights do not change: DDPM and DDIM
+        sample from the same trained model.
+        """
+        name = scheduler if scheduler is not None else self.inference_scheduler_name
+        n_steps = int(steps) if steps is not None else self._sampler.num_steps
+        if fast is not None:
+            self.fast_sampling = bool(fast)
+        self._sampler = ReverseDiffusion(make_inference_scheduler(name, self.noise_scheduler), n_steps,
+                                         fast=self.fast_sampling)
+        self.inference_scheduler_name = name
+
+    @property
+    def num_inference_steps(self) -> int:
+        return self._sampler.num_steps
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, batch: Mapping, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Denoising MSE for a batch ``{"obs": {key: (B, To', ...)}, "action": (B, horizon, D)}`` in env units.
+
+        Observation windows longer than ``n_obs_steps`` are cut to their first To frames (the
+        frames that precede the first executed action in a training window).
+        """
+        if "obs" not in batch or "action" not in batch:
+            raise KeyError(f"a training batch needs keys 'obs' and 'action', got {sorted(batch)}")
+        action = torch.as_tensor(batch["action"], device=self.device)
+        expected = (self.horizon, self.action_dim)
+        if action.ndim != 3 or tuple(action.shape[1:]) != expected:
+            raise ValueError(f"batch['action'] must be (B, {expected[0]}, {expected[1]}), got {tuple(action.shape)}")
+        nobs = self._normalized_obs(batch["obs"], action.shape[0])
+        naction = self.normalizer.normalize("action", action)
+        global_cond = self.obs_encoder(nobs, generator=generator)
+
+        n = action.shape[0]
+        noise = torch.randn(naction.shape, generator=generator, device=naction.device, dtype=naction.dtype)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,),
+                                  generator=generator).to(naction.device)
+        noisy, target = training_target(self.noise_scheduler, naction, noise, timesteps)
+        pred = self.model(noisy, timesteps, global_cond)
+        return F.mse_loss(pred.float(), target)
+
+    def _normalized_obs(self, obs: Mapping, batch_size: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for key, item in self.shape_meta["obs"].items():
+            if key not in obs:
+                raise KeyError(f"batch['obs'] is missing key {key!r}; expected keys {self.obs_keys()}")
+            x = torch.as_tensor(obs[key], device=self.device)
+            shape = tuple(int(s) for s in item["shape"])
+            if x.ndim != len(shape) + 2 or x.shape[0] != batch_size or tuple(x.shape[2:]) != shape \
+                    or x.shape[1] < self.n_obs_steps:
+                raise ValueError(f"batch['obs'][{key!r}] must be ({batch_size}, >={self.n_obs_steps}, "
+                                 f"{', '.join(map(str, shape))}), got {tuple(x.shape)}")
+            out[key] = self.normalizer.normalize(key, x[:, :self.n_obs_steps])
+        return out
+
+    # ------------------------------------------------------------------ inference
+    def sample_actions(self, nobs: dict[str, torch.Tensor], generator: torch.Generator | None = None
+                       ) -> torch.Tensor:
+        """Normalized action sequence (B, horizon, D) from normalized observations (B, To, ...).
+
+        The observations are encoded once; the FiLM parameters of every denoising step are
+        precomputed, so each step runs only the UNet's convolutions and the scheduler update.
+        """
+        generator = generator if generator is not None else self._predict_generator
+        sampler = self._sampler
+        with torch.inference_mode():
+            global_cond = self.obs_encoder(nobs)
+            batch = global_cond.shape[0]
+            step_part, obs_part = self.model.film_parts(sampler.timesteps.to(self.device), global_cond)
+
+            def denoise(x: torch.Tensor, k: int) -> torch.Tensor:
+                return self.model.denoise(x, obs_part + step_part[k])
+
+            x = torch.randn((batch, self.horizon, self.action_dim), generator=generator, device=self.device,
+                            dtype=global_cond.dtype)
+            x = sampler(denoise, x, generator)
+        return x.clone()  # a normal tensor again (not an inference tensor)
+
+    def predict_action(self, obs: Mapping, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`Policy.predict_action`, optionally drawing the sampling noise from ``generator``."""
+        self._predict_generator = generator
+        try:
+            return super().predict_action(obs)
+        finally:
+            self._predict_generator = None

@@ -1,0 +1,111 @@
+"""Implicit BC: InfoNCE prefers low positive energies, DFO and Langevin find known minima."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dpolicy.data.normalizer import Normalizer
+from dpolicy.policies.ibc import EnergyMLP, IbcPolicy
+
+SPEC = {"obs": {"obs": {"shape": [3], "type": "low_dim"}}, "action": {"shape": [2]}}
+
+
+def make_policy(**kwargs) -> IbcPolicy:
+    rng = np.random.default_rng(0)
+    normalizer = Normalizer.fit({"obs": rng.uniform(-1, 1, (100, 3)), "action": rng.uniform(-1, 1, (100, 2))})
+    args = dict(horizon=2, n_obs_steps=2, n_action_steps=1, hidden_dim=32, n_layers=2, dropout=0.0,
+                n_counter_examples=64, dfo_samples=512, dfo_iters=4)
+    args.update(kwargs)
+    return IbcPolicy(SPEC, normalizer, **args)
+
+
+class QuadraticEnergy(nn.Module):
+    """E(o, a) = |a - c|^2 (or the min over several centers): a landscape with known minima."""
+
+    def __init__(self, centers):
+        super().__init__()
+        self.register_buffer("centers", torch.as_tensor(centers, dtype=torch.float32))
+
+    def forward(self, obs_feat, actions):
+        d = ((actions[:, :, None, :] - self.centers[None, None]) ** 2).sum(-1)
+        return 50.0 * d.min(dim=-1).values
+
+
+def test_energy_mlp_scores_every_candidate():
+    mlp = EnergyMLP(obs_dim=6, action_dim=2, hidden_dim=16, n_layers=3, residual=True)
+    assert mlp(torch.zeros(4, 6), torch.zeros(4, 10, 2)).shape == (4, 10)
+
+
+def test_infonce_is_lowest_when_the_positive_has_the_lowest_energy():
+    policy = make_policy(n_counter_examples=32)
+    obs = torch.zeros(8, 2, 3)
+    target = torch.full((8, 2, 2), 0.25)
+    batch = {"obs": {"obs": obs}, "action": target}
+    center = policy.normalizer.normalize("action", target[:, 1])[0]
+
+    torch.manual_seed(0)
+    policy.energy = QuadraticEnergy([center.tolist()])  # lowest energy exactly at the demonstration
+    good = float(policy.compute_loss(batch))
+    torch.manual_seed(0)
+    policy.energy = QuadraticEnergy([[-0.9, 0.9]])  # lowest energy far from it
+    bad = float(policy.compute_loss(batch))
+    assert good < 0.1 * np.log(33) and bad > np.log(33)  # log(N + 1) is the loss of a flat energy
+
+
+def test_infonce_training_lowers_the_loss():
+    torch.manual_seed(0)
+    policy = make_policy()
+    rng = np.random.default_rng(1)
+    obs = torch.as_tensor(rng.uniform(-1, 1, (256, 2, 3)), dtype=torch.float32)
+    action = torch.stack([obs[:, -1, :2], obs[:, -1, :2]], dim=1) * 0.8
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    losses = []
+    for i in range(150):
+        idx = torch.as_tensor(rng.integers(0, 256, 64))
+        loss = policy.compute_loss({"obs": {"obs": obs[idx]}, "action": action[idx]})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10])
+
+
+@pytest.mark.parametrize("sampler", ["dfo", "langevin"])
+def test_sampler_finds_the_minimum_of_a_quadratic(sampler):
+    policy = make_policy(sampler=sampler, langevin_steps=60, langevin_step_size=0.01)
+    policy.energy = QuadraticEnergy([[0.3, -0.6]])
+    gen = torch.Generator().manual_seed(0)
+    chunk = policy.sample_actions({"obs": torch.zeros(5, 2, 3)}, generator=gen)
+    assert chunk.shape == (5, 2, 2)
+    assert torch.allclose(chunk[:, -1], torch.tensor([0.3, -0.6]).expand(5, 2), atol=0.05)
+
+
+def test_dfo_lands_on_one_of_two_equally_good_modes():
+    policy = make_policy()
+    modes = torch.tensor([[-0.5, 0.0], [0.5, 0.0]])
+    policy.energy = QuadraticEnergy(modes)
+    gen = torch.Generator().manual_seed(0)
+    chunk = policy.sample_actions({"obs": torch.zeros(64, 2, 3)}, generator=gen)[:, -1]
+    dist = torch.cdist(chunk, modes).min(dim=1).values
+    assert (dist < 0.05).all()  # never the average of the two
+    left = (chunk[:, 0] < 0).float().mean()
+    assert 0.2 < left < 0.8  # both modes are used
+
+
+def test_predict_action_returns_env_units_and_the_executed_slot():
+    policy = make_policy()
+    policy.energy = QuadraticEnergy([[0.0, 0.0]])
+    out = policy.predict_action({"obs": np.zeros((2, 3), np.float32)})
+    assert out["action"].shape == (1, 2) and out["action_pred"].shape == (2, 2)
+    lo, hi = policy.normalizer.input_range("action")
+    assert torch.allclose(out["action"][0], (lo + hi) / 2, atol=0.05)
+
+
+def test_bad_configuration_is_rejected():
+    with pytest.raises(ValueError, match="sampler"):
+        make_policy(sampler="mcmc")
+    with pytest.raises(ValueError, match="horizon"):
+        make_policy(horizon=1, n_action_steps=1, n_obs_steps=2)
