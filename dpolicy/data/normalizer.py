@@ -61,7 +61,8 @@ class Normalizer(nn.Module):
         return norm
 
     @classmethod
-    def fit(cls, data: Mapping[str, np.ndarray | torch.Tensor], image_keys: tuple[str, ...] = ()) -> Normalizer:
+    def fit(cls, data: Mapping[str, np.ndarray | torch.Tensor],
+            image_keys: tuple[str, ...] = ()) -> Normalizer:
         """Min-max fit: ``data[key]`` has shape (N, *feature_shape); image keys are not fitted."""
         norm = cls()
         for key, values in data.items():
@@ -71,7 +72,8 @@ class Normalizer(nn.Module):
                 continue
             x = torch.as_tensor(np.asarray(values), dtype=torch.float32)
             if x.ndim < 1 or x.shape[0] == 0:
-                raise ValueError(f"Normalizer.fit: key {key!r} needs shape (N, ...) with N > 0, got {tuple(x.shape)}")
+                raise ValueError(f"Normalizer.fit: key {key!r} needs shape (N, ...) with N > 0, "
+                                 f"got {tuple(x.shape)}")
             if not torch.isfinite(x).all():
                 raise ValueError(f"Normalizer.fit: key {key!r} contains NaN or inf")
             lo, hi = x.min(dim=0).values, x.max(dim=0).values
@@ -92,18 +94,25 @@ class Normalizer(nn.Module):
     def __contains__(self, key: str) -> bool:
         return key in self.maps
 
+    def _map(self, key: str) -> _Affine:
+        if key not in self.maps:
+            raise KeyError(f"normalizer has no key {key!r}; it has {list(self.maps)}")
+        return self.maps[key]
+
     def normalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        return self.maps[key](x)
+        """Data units -> [-1, 1] (images: 0..255 -> [-1, 1])."""
+        return self._map(key)(x)
 
     def unnormalize(self, key: str, y: torch.Tensor) -> torch.Tensor:
-        return self.maps[key].inverse(y)
+        """[-1, 1] -> data units; the inverse of :meth:`normalize`."""
+        return self._map(key).inverse(y)
 
     def normalize_dict(self, data: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: self.normalize(k, v) for k, v in data.items()}
 
     def input_range(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(min, max) of the fitted data for a low-dim key, in data units."""
-        m = self.maps[key]
+        m = self._map(key)
         return m.input_min, m.input_max
 
     def get_extra_state(self):

@@ -1,0 +1,170 @@
+"""`dpolicy data info | video | render-images`: inspect, watch and complete zarr demonstration datasets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from dpolicy.data.replay_buffer import DatasetError, ReplayBuffer
+
+#: Low-dim keys with at most this many values per step get per-dimension ranges in `info`.
+PER_DIM_RANGE_MAX = 6
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    info = sub.add_parser("info", help="episodes, steps, keys, shapes, dtypes and value ranges of a dataset")
+    info.add_argument("path", type=Path, help="zarr dataset (directory or .zip)")
+    info.add_argument("--no-ranges", action="store_true",
+                      help="skip the value ranges (they read the whole dataset)")
+    info.set_defaults(_action=run_info)
+
+    video = sub.add_parser("video", help="render one episode to mp4 or gif")
+    video.add_argument("path", type=Path, help="zarr dataset (directory or .zip)")
+    video.add_argument("--episode", type=int, required=True,
+                       help="episode index (negative counts from the end)")
+    video.add_argument("--out", type=Path, default=None,
+                       help="output file, .mp4 or .gif (default: <dataset>_episode<N>.mp4 here)")
+    video.add_argument("--size", type=_frame_size, default=256, help="frame size in pixels (default 256)")
+    video.add_argument("--source", choices=("state", "img"), default="state",
+                       help="draw frames from data/state with the Push-T renderer (default) or use the "
+                            "recorded data/img frames")
+    video.add_argument("--fps", type=int, default=10, help="frames per second (default 10, the control rate)")
+    video.set_defaults(_action=run_video)
+
+    render = sub.add_parser("render-images", help="add data/img (rendered from data/state) to a dataset")
+    render.add_argument("path", type=Path, help="zarr dataset directory, modified in place")
+    render.add_argument("--size", type=_frame_size, default=96, help="image size in pixels (default 96)")
+    render.set_defaults(_action=run_render_images)
+
+
+def _frame_size(text: str) -> int:
+    size = int(text)
+    if size < 8:
+        raise argparse.ArgumentTypeError(f"frame size must be at least 8 pixels, got {size}")
+    return size
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return int(args._action(args) or 0)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+# ---------------------------------------------------------------------------------- info
+def describe(buffer: ReplayBuffer, ranges: bool = True) -> tuple[str, bool]:
+    """Human-readable summary of a dataset, and whether every value is finite (True without ranges)."""
+    lengths = buffer.episode_lengths
+    lines = [f"dataset: {buffer.path} (zarr format {buffer.zarr_format})",
+             f"episodes: {buffer.n_episodes}", f"steps: {buffer.n_steps}"]
+    if len(lengths):
+        lines.append(f"episode length: min {lengths.min()}, mean {lengths.mean():.1f}, max {lengths.max()}")
+    if buffer.attrs:
+        lines.append(f"attrs: {dict(buffer.attrs)}")
+    lines.append("keys:")
+    all_finite = True
+    for key in buffer.keys():
+        array = buffer[key]
+        line = (f"  {key:<12} shape {tuple(array.shape)!s:<20} {array.dtype!s:<8} "
+                f"chunks {tuple(array.chunks)!s:<18}")
+        if ranges and buffer.n_steps:
+            try:
+                line += "  range " + _format_range(*buffer.value_range(key))
+            except DatasetError as err:
+                line += f"  INVALID: {err}"
+                all_finite = False
+        lines.append(line)
+    return "\n".join(lines), all_finite
+
+
+def _format_range(lo: np.ndarray, hi: np.ndarray) -> str:
+    if lo.size <= PER_DIM_RANGE_MAX:
+        return " ".join(f"[{a:.4g}, {b:.4g}]" for a, b in zip(lo, hi, strict=True))
+    return f"[{lo.min():.4g}, {hi.max():.4g}] (all {lo.size} dims)"
+
+
+def run_info(args: argparse.Namespace) -> int:
+    with ReplayBuffer.open(args.path) as buffer:
+        text, all_finite = describe(buffer, ranges=not args.no_ranges)
+    print(text)
+    return 0 if all_finite else 1
+
+
+# ---------------------------------------------------------------------------------- video
+def episode_frames(buffer: ReplayBuffer, episode: int, size: int, source: str = "state",
+                   render: Callable[..., np.ndarray] | None = None) -> list[np.ndarray]:
+    """uint8 (size, size, 3) frames of one episode: data/img resized, or data/state drawn by ``render``
+    (default: the Push-T renderer) with the commanded action as target marker when data/action exists."""
+    import cv2
+
+    if source == "img":
+        if "img" not in buffer:
+            raise DatasetError(f"{buffer.path}: no data/img to take frames from; use --source state")
+        images = buffer.load("img", episodes=[episode], dtype=np.uint8)
+        interpolation = cv2.INTER_AREA if size < images.shape[1] else cv2.INTER_NEAREST
+        return [cv2.resize(image, (size, size), interpolation=interpolation) for image in images]
+    if "state" not in buffer:
+        raise DatasetError(f"{buffer.path}: no data/state to render frames from")
+    render = render or _pusht_renderer()
+    states = buffer.get_episode(episode, keys=["state"])["state"]
+    if "action" not in buffer:
+        return [np.asarray(render(state, size=size), dtype=np.uint8) for state in states]
+    actions = buffer.get_episode(episode, keys=["action"])["action"]
+    return [np.asarray(render(state, size=size, target=action), dtype=np.uint8)
+            for state, action in zip(states, actions, strict=True)]
+
+
+def run_video(args: argparse.Namespace) -> int:
+    from dpolicy.evaluation.report import write_video
+
+    with ReplayBuffer.open(args.path) as buffer:
+        if not -buffer.n_episodes <= args.episode < buffer.n_episodes:
+            raise DatasetError(f"{args.path}: --episode {args.episode} is out of range "
+                               f"({buffer.n_episodes} episodes)")
+        index = args.episode % buffer.n_episodes
+        frames = episode_frames(buffer, index, args.size, args.source)
+    out = args.out or Path(f"{args.path.name.split('.')[0]}_episode{index}.mp4")
+    if out.suffix not in (".mp4", ".gif"):
+        raise DatasetError(f"--out must end in .mp4 or .gif, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = write_video(out, frames, fps=args.fps)
+    print(f"wrote {written} ({len(frames)} frames, episode {index} of {args.path})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- render-images
+def add_rendered_images(buffer: ReplayBuffer, size: int = 96, key: str = "img",
+                        render: Callable[..., np.ndarray] | None = None, progress: bool = True) -> None:
+    """Add ``data/<key>`` (N, size, size, 3) uint8 rendered from data/state, atomically."""
+    if "state" not in buffer:
+        raise DatasetError(f"{buffer.path}: no data/state to render images from")
+    render = render or _pusht_renderer()
+
+    def render_episode(episode: dict[str, np.ndarray]) -> np.ndarray:
+        return np.stack([np.asarray(render(state, size=size), dtype=np.uint8) for state in episode["state"]])
+
+    buffer.add_key(key, render_episode, inputs=["state"], progress=progress)
+
+
+def run_render_images(args: argparse.Namespace) -> int:
+    with ReplayBuffer.open(args.path, mode="a") as buffer:
+        if "img" in buffer:
+            raise DatasetError(f"{args.path}: already has data/img {tuple(buffer['img'].shape)}")
+        add_rendered_images(buffer, size=args.size)
+        print(f"added data/img {tuple(buffer['img'].shape)} uint8 to {args.path}")
+    return 0
+
+
+def _pusht_renderer() -> Callable[..., np.ndarray]:
+    try:
+        from envs.pusht.render import render_state
+    except ImportError as err:
+        raise ImportError(f"the Push-T renderer envs.pusht.render.render_state is missing: {err}") from err
+    return render_state
