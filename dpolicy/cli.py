@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("dpolicy.data.cli", "inspect, render and convert zarr demonstration datasets"),
     "collect": ("dpolicy.collect", "collect demonstrations (scripted expert or mouse teleoperation)"),
     "bench": ("dpolicy.bench.cli", "benchmarks: env, data, train, infer"),
+    "serve": ("dpolicy.control.server", "serve a checkpoint to robot clients over ZeroMQ"),
+    "export": ("dpolicy.export", "export a checkpoint's networks to TorchScript for non-Python stacks"),
     "demo": ("dpolicy.demo", "the newcomer's main job: train on the embedded data, evaluate, report"),
 }
 
@@ -30,7 +32,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        if only is None or only == name:
+        if only == name:  # top-level --help lists commands without importing them
             module = importlib.import_module(module_name)
             module.configure(p)
             p.set_defaults(_module=module)

@@ -172,3 +172,19 @@ def test_torchrun_two_processes_on_cpu(toy_dataset, tmp_path):
     assert read_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 20
     out = policy.predict_action({"obs": np.full((2, 20), 250.0, np.float32)})
     assert out["action"].shape == (4, 2)
+
+
+def test_periodic_rollouts_keep_the_top_k_checkpoints(toy_dataset, tmp_path):
+    run = tmp_path / "eval_run"
+    cfg = tiny_cfg(toy_dataset, run, "training.max_steps=30", "training.eval_every=10", "training.top_k=2",
+                   "training.eval.protocol=[100000,100001]", "training.eval.vector=sync", "task.max_steps=16")
+    summary = Trainer(cfg).train()
+    evals = [r for r in map(eval_json, (run / "log.jsonl").read_text().splitlines()) if "eval/score" in r]
+    assert [r["step"] for r in evals] == [10, 20, 30]
+    assert all(0.0 <= r["eval/score"] <= 1.0 for r in evals)
+    kept = sorted(p.name for p in (run / "checkpoints").glob("step=*.pt"))
+    assert len(kept) == 2 and len(summary["top_k"]) == 2
+    assert [e["score"] for e in summary["top_k"]] == sorted((e["score"] for e in summary["top_k"]), reverse=True)
+    for entry in summary["top_k"]:
+        assert Path(entry["path"]).name in kept
+    assert (run / "eval" / "step_0000010" / "metrics.json").exists()
