@@ -14,6 +14,7 @@ TARGETS = {
     "data": "window-batch throughput and peak memory of the datasets",
     "train": "training samples/s of the diffusion UNet (paper-scale and CPU configs)",
     "infer": "chunk latency of the diffusion policy (batch 1 and 50, DDPM and DDIM)",
+    "eval": "wall-clock of an evaluation protocol (sync vs async vector envs, threads)",
     "expert": "scripted expert: success rate, episode length, time per episode, route diversity",
 }
 

@@ -1,0 +1,218 @@
+"""`dpolicy bench realtime`: the real-time runner on the wall-clock Push-T robot vs synchronous evaluation.
+
+Plays Push-T episodes (seeds 100000, 100001, ...) on :class:`~dpolicy.control.robot.SimulatedPushTRobot`
+with :class:`~dpolicy.control.realtime.RealtimeRunner` at 10 Hz until ``--steps`` control steps
+have run, then evaluates the same policy on the same seeds synchronously (``dpolicy eval``'s
+rollout, no clock). Prints per mode: deadline misses, held ticks, chunk latency p50/p99, command
+lateness and the score (mean over episodes of the best ``clip(coverage / 0.95, 0, 1)``) beside the
+synchronous score. ``--delay 0.3`` slows every chunk to 300 ms; ``--modes compensated,naive``
+runs with and without latency compensation.
+
+3000 steps at 10 Hz take 5 minutes of wall-clock time per mode: run it in the background.
+Without ``--checkpoint`` it uses ``runs/pusht_lowdim/checkpoints/latest.pt`` or
+``runs/demo/checkpoints/latest.pt`` when one exists, else an UNTRAINED policy of the CPU recipe
+(latency figures are meaningful, scores are not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dpolicy.paths import REPO_ROOT
+
+#: Checkpoints looked for when ``--checkpoint`` is not given, in order.
+DEFAULT_CHECKPOINTS = (REPO_ROOT / "runs" / "pusht_lowdim" / "checkpoints" / "latest.pt",
+                       REPO_ROOT / "runs" / "demo" / "checkpoints" / "latest.pt")
+MODES = ("compensated", "naive")
+
+
+def untrained_checkpoint(path: str | Path, config: str = "pusht_lowdim",
+                         overrides: tuple[str, ...] = ()) -> Path:
+    """Write a loadable checkpoint of an untrained policy built from ``configs/<config>.yaml``.
+
+    The observation/action spec and the normalizer come from the task environment's spaces (no
+    dataset is read), so latency can be measured anywhere. The weights are random.
+    """
+    import gymnasium as gym
+    from omegaconf import OmegaConf
+
+    import envs  # noqa: F401 (registers the environments)
+    from dpolicy.data.normalizer import Normalizer
+    from dpolicy.training.checkpoint import build_policy, save_checkpoint
+    from dpolicy.training.config import compose_config
+
+    cfg = compose_config(config, [*overrides, "task.dataset.path=null"])
+    env = gym.make(cfg.task.env_id)
+    obs_space, action_space = env.observation_space, env.action_space
+    env.close()
+    spaces = dict(obs_space.spaces) if isinstance(obs_space, gym.spaces.Dict) else {"obs": obs_space}
+    shape_meta = {"obs": {}, "action": {"shape": list(action_space.shape)}}
+    bounds, image_keys = {"action": np.stack([action_space.low, action_space.high])}, []
+    for key, space in spaces.items():
+        is_image = len(space.shape) == 3 and space.dtype == np.uint8
+        shape_meta["obs"][key] = {"shape": list(space.shape), "type": "rgb" if is_image else "low_dim"}
+        if is_image:
+            image_keys.append(key)
+        bounds[key] = np.stack([space.low, space.high]).astype(np.float32)
+    policy = build_policy(cfg, shape_meta, Normalizer.fit(bounds, image_keys=tuple(image_keys)))
+    payload = {"config": OmegaConf.to_container(cfg, resolve=True), "shape_meta": shape_meta, "step": 0,
+               "model": policy.state_dict(), "ema_model": None}
+    return save_checkpoint(path, payload)
+
+
+def resolve_checkpoint(path: Path | None, scratch: Path) -> tuple[Path, bool]:
+    """(checkpoint, trained): ``path``, else a default run's latest, else an untrained one in ``scratch``."""
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        return path, True
+    for candidate in DEFAULT_CHECKPOINTS:
+        if candidate.is_file():
+            return candidate, True
+    return untrained_checkpoint(scratch / "untrained_cpu_recipe.pt"), False
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="policy checkpoint (default: runs/pusht_lowdim or runs/demo latest.pt, "
+                             "else an untrained one)")
+    parser.add_argument("--steps", type=int, default=3000, help="control steps per mode (whole episodes)")
+    parser.add_argument("--rate", type=float, default=10.0, help="command rate in Hz (the task's is 10)")
+    parser.add_argument("--delay", type=float, default=0.0,
+                        help="slow every chunk to at least this many seconds (e.g. 0.3)")
+    parser.add_argument("--modes", default="compensated",
+                        help=f"comma-separated subset of {','.join(MODES)} "
+                             "(with / without latency compensation)")
+    parser.add_argument("--blend", type=int, default=0, help="actions cross-faded at chunk switches")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the policy (default 1)")
+    parser.add_argument("--scheduler", default=None, help="diffusion sampler (default: the checkpoint's)")
+    parser.add_argument("--sampling-steps", type=int, default=None,
+                        help="denoising steps (default: the checkpoint's)")
+    parser.add_argument("--no-sync", action="store_true", help="skip the synchronous evaluation")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+
+
+def run_realtime(policy, steps: int, rate_hz: float, compensated: bool, blend: int, obs_type: str,
+                 max_episode_steps: int, progress: bool = True) -> dict:
+    """Episodes from seed 100000 on until ``steps`` ticks ran; aggregated report and per-episode scores."""
+    from dpolicy.control.realtime import RealtimeRunner
+    from dpolicy.control.robot import SimulatedPushTRobot
+    from dpolicy.evaluation.protocols import TEST_START_SEED
+    from envs.pusht.geometry import reward_from_coverage
+
+    robot = SimulatedPushTRobot(obs_type=obs_type, speed=rate_hz / 10.0, max_episode_steps=max_episode_steps)
+    totals: dict[str, float] = {}
+    latencies, lateness, work, seeds, scores, successes = [], [], [], [], [], []
+    ticks = 0
+
+    def episode_over(observation) -> bool:
+        return observation.info["terminated"] or observation.info["truncated"]
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, desc=f"realtime {'compensated' if compensated else 'naive'}", unit="step",
+               disable=not progress, dynamic_ncols=True, mininterval=2.0)
+    with RealtimeRunner(policy, robot, rate_hz=rate_hz, latency_compensation=compensated,
+                        blend_steps=blend) as runner:
+        while ticks < steps:
+            seed = TEST_START_SEED + len(seeds)
+            robot.reset(seed=seed)
+            report = runner.run(until=episode_over)
+            final = robot.observe().info
+            runner.worker.wait_idle(timeout=30.0)  # a request of the finished episode, discarded
+            seeds.append(seed)
+            scores.append(reward_from_coverage(final["max_coverage"]))
+            successes.append(final["first_success_step"] > 0)
+            ticks += report.ticks
+            bar.update(report.ticks)
+            bar.set_postfix(score=f"{np.mean(scores):.3f}", misses=int(totals.get("deadline_misses", 0)))
+            for name, value in report.summary().items():
+                if isinstance(value, int):
+                    totals[name] = totals.get(name, 0) + value
+            latencies += report.latencies_s
+            lateness += report.lateness_s
+            work += report.busy_s
+    bar.close()
+
+    def pct(values, q):
+        return float(np.percentile(values, q) * 1000.0) if values else float("nan")
+
+    return {"mode": "compensated" if compensated else "naive", "episodes": len(seeds), "seeds": seeds,
+            "deadline_ms": runner.deadline_s * 1000.0,
+            "score": float(np.mean(scores)), "success_rate": float(np.mean(successes)), **totals,
+            "latency_p50_ms": pct(latencies, 50), "latency_p99_ms": pct(latencies, 99),
+            "lateness_p50_ms": pct(lateness, 50), "lateness_p99_ms": pct(lateness, 99),
+            "max_lateness_ms": max(lateness, default=float("nan")) * 1000.0,
+            "tick_work_p99_ms": pct(work, 99), "max_tick_work_ms": max(work, default=float("nan")) * 1000.0}
+
+
+def format_mode(f: dict) -> str:
+    """The figures of one mode as printed lines."""
+    return "\n".join([
+        f"\n[{f['mode']}] {f['ticks']} steps in {f['episodes']} episodes, {f['wall_s']:.0f} s",
+        f"  deadline misses  {f['deadline_misses']} (command later than {f['deadline_ms']:.0f} ms after its "
+        f"tick; skipped ticks {f['skipped_ticks']})",
+        f"  held ticks       {f['held_ticks']} (no fresh action: episode starts, starvation); "
+        f"watchdog trips {f['watchdog_trips']}",
+        f"  chunks           {f['chunks_received']} used, {f['chunks_stale']} stale, {f['chunks_rejected']} "
+        f"rejected, {f['actions_dropped']} late actions dropped",
+        f"  chunk latency    p50 {f['latency_p50_ms']:.1f} ms, p99 {f['latency_p99_ms']:.1f} ms "
+        "(observation capture -> chunk ready)",
+        f"  command lateness p50 {f['lateness_p50_ms']:.2f} ms, p99 {f['lateness_p99_ms']:.2f} ms, max "
+        f"{f['max_lateness_ms']:.1f} ms; tick work max {f['max_tick_work_ms']:.1f} ms",
+        f"  score            {f['score']:.3f} (success {f['success_rate']:.2f})",
+    ])
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from dpolicy.control.realtime import SlowedPolicy
+    from dpolicy.evaluation.rollout import evaluate
+    from dpolicy.training.checkpoint import load_policy
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown or not modes:
+        raise SystemExit(f"--modes: unknown {unknown}; choose from {', '.join(MODES)}")
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint, trained = resolve_checkpoint(args.checkpoint, Path(scratch))
+        policy, cfg = load_policy(checkpoint, device="cpu")
+    if args.scheduler is not None or args.sampling_steps is not None:
+        policy.set_inference(args.scheduler, args.sampling_steps)
+    env_id = str(cfg.task.env_id)
+    obs_type = "image" if "Image" in env_id else "keypoints"
+    max_steps = int(cfg.task.get("max_steps", 300))
+    label = str(checkpoint) if trained else "UNTRAINED CPU-recipe policy (random weights)"
+    sampler = (f"{policy.inference_scheduler_name} x{policy.num_inference_steps}"
+               if hasattr(policy, "inference_scheduler_name") else type(policy).__name__)
+    print(f"policy: {label}; {sampler}; {args.threads} torch thread(s); rate {args.rate:g} Hz; "
+          f"extra delay {args.delay * 1000:.0f} ms per chunk")
+    served = SlowedPolicy(policy, args.delay) if args.delay > 0 else policy
+    results = {"checkpoint": str(checkpoint), "trained": trained, "rate_hz": args.rate, "delay_s": args.delay,
+               "threads": args.threads, "sampler": sampler, "modes": []}
+    for mode in modes:
+        start = time.perf_counter()
+        figures = run_realtime(served, args.steps, args.rate, mode == "compensated", args.blend, obs_type,
+                               max_steps)
+        figures["wall_s"] = time.perf_counter() - start
+        results["modes"].append(figures)
+        print(format_mode(figures))
+    if not args.no_sync:
+        seeds = results["modes"][0]["seeds"]
+        sync = evaluate(policy, env_id, seeds, vector="sync", n_envs=min(len(seeds), 10), max_steps=max_steps,
+                        progress=True)
+        results["sync"] = {"score": sync["score"], "success_rate": sync["success_rate"], "seeds": seeds}
+        print(f"\n[synchronous evaluation, same {len(seeds)} seeds] score {sync['score']:.3f} "
+              f"(success {sync['success_rate']:.2f})")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0

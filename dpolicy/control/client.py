@@ -1,0 +1,207 @@
+"""Client of ``dpolicy serve``, and the wire format both sides speak.
+
+Wire format (ZeroMQ multipart messages, no pickle anywhere):
+
+- frame 0: a UTF-8 JSON object, the header;
+- frames 1..n: raw array bytes, C order, one frame per entry of ``header["arrays"]``; each entry is
+  ``{"name": str, "dtype": str, "shape": [int, ...]}`` with a little-endian numpy dtype string from
+  :data:`WIRE_DTYPES` (``"<f4"`` float32, ``"<f8"`` float64, ``"|u1"`` uint8, ``"<i4"``, ``"<i8"``).
+
+Requests carry ``{"v": 1, "op": "ping" | "info" | "predict", "id": int}``, plus ``"token"`` when the
+server requires one and optionally ``"seed"`` (reproducible sampling). A ``predict`` request's
+arrays are the observation keys, ``(B, To, *shape)`` or ``(To, *shape)``, in env units (images
+HWC uint8). Replies echo ``id`` and carry ``"ok": true`` with the result (``predict``: arrays
+``action`` (B, Ta, D) and ``action_pred`` (B, Tp, D), float32, plus ``"compute_ms"``), or
+``"ok": false`` with ``"error"``. A client in another language needs a ZeroMQ DEALER socket (or
+REQ, which adds an empty delimiter frame) and a JSON library.
+
+:class:`PolicyClient` is a policy (``predict_action`` + ``n_obs_steps``), so it plugs into
+:class:`~dpolicy.control.controller.ChunkController`, the real-time runner or ``evaluate``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+#: dtypes allowed on the wire (numpy dtype strings, explicit byte order).
+WIRE_DTYPES = ("<f4", "<f8", "|u1", "<i4", "<i8")
+#: Most arrays in one message and most dimensions per array.
+MAX_ARRAYS = 64
+MAX_NDIM = 8
+#: Environment variable holding the shared token, read by the client and by ``dpolicy serve``.
+TOKEN_ENV = "DPOLICY_SERVE_TOKEN"
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+
+
+class ProtocolError(ValueError):
+    """A message does not follow the wire format."""
+
+
+class PolicyServerError(RuntimeError):
+    """The server answered a request with an error."""
+
+
+def _wire_dtype(array: np.ndarray) -> np.dtype:
+    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    if dtype.str not in WIRE_DTYPES:
+        raise ProtocolError(f"array dtype {array.dtype} cannot be sent; allowed: {', '.join(WIRE_DTYPES)} "
+                            "(convert bool/float16/... first)")
+    return dtype
+
+
+def encode_message(header: Mapping, arrays: Mapping[str, np.ndarray] | None = None) -> list[bytes]:
+    """Header dict + named arrays -> multipart frames (the header gets an ``arrays`` list)."""
+    header = dict(header)
+    frames, specs = [], []
+    for name, value in (arrays or {}).items():
+        array = np.asarray(value)
+        array = np.ascontiguousarray(array, dtype=_wire_dtype(array))
+        specs.append({"name": str(name), "dtype": array.dtype.str, "shape": list(array.shape)})
+        frames.append(array.tobytes())
+    header["arrays"] = specs
+    return [json.dumps(header, separators=(",", ":")).encode("utf-8"), *frames]
+
+
+def decode_message(frames: list[bytes]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Multipart frames -> (header, {name: array}); raises :class:`ProtocolError` with the reason."""
+    if not frames:
+        raise ProtocolError("empty message")
+    try:
+        header = json.loads(bytes(frames[0]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"frame 0 must be a UTF-8 JSON object (the header): {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(f"the header must be a JSON object, got {type(header).__name__}")
+    specs = header.get("arrays", [])
+    if not isinstance(specs, list) or len(specs) > MAX_ARRAYS:
+        raise ProtocolError(f"header 'arrays' must be a list of at most {MAX_ARRAYS} entries")
+    if len(specs) != len(frames) - 1:
+        raise ProtocolError(f"header lists {len(specs)} arrays but the message has {len(frames) - 1} "
+                            "data frames")
+    arrays: dict[str, np.ndarray] = {}
+    for i, (spec, frame) in enumerate(zip(specs, frames[1:], strict=True)):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ProtocolError(f"array entry {i} must be an object with a string 'name'")
+        name = spec["name"]
+        if name in arrays:
+            raise ProtocolError(f"array {name!r} appears twice")
+        dtype, shape = spec.get("dtype"), spec.get("shape")
+        if dtype not in WIRE_DTYPES:
+            raise ProtocolError(f"array {name!r}: dtype {dtype!r} not allowed; use one of "
+                                f"{', '.join(WIRE_DTYPES)}")
+        if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
+            raise ProtocolError(f"array {name!r}: shape must be a list of at most {MAX_NDIM} non-negative "
+                                f"integers, got {shape!r}")
+        expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if len(frame) != expected:
+            raise ProtocolError(f"array {name!r}: {len(frame)} bytes for dtype {dtype} and shape {shape}, "
+                                f"expected {expected}")
+        arrays[name] = np.frombuffer(frame, dtype=dtype).reshape(shape).copy()
+    return header, arrays
+
+
+class PolicyClient:
+    """Talks to a ``dpolicy serve`` server; behaves as a policy (``predict_action``, ``n_obs_steps``).
+
+    Args:
+        address: the server's ZeroMQ endpoint, e.g. ``tcp://127.0.0.1:5555``.
+        token: shared token (default: the ``DPOLICY_SERVE_TOKEN`` environment variable, if set).
+        timeout_s: how long a request may take before :class:`TimeoutError`.
+
+    Thread-safe (one request at a time). Needs only numpy and pyzmq, no torch.
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, token: str | None = None, timeout_s: float = 10.0):
+        import zmq
+
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.address = address
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self.timeout_s = float(timeout_s)
+        self._zmq = zmq
+        self._context = zmq.Context.instance()
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(address)
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._info: dict | None = None
+
+    # ------------------------------------------------------------------ transport
+    def request(self, op: str, arrays: Mapping[str, np.ndarray] | None = None, **fields
+                ) -> tuple[dict, dict[str, np.ndarray]]:
+        """Send one request, wait for its reply: (header, arrays). Raises PolicyServerError, TimeoutError."""
+        with self._lock:
+            if self._socket is None:
+                raise RuntimeError("PolicyClient is closed")
+            request_id = self._next_id
+            self._next_id += 1
+            header = {"v": PROTOCOL_VERSION, "op": op, "id": request_id, **fields}
+            if self.token is not None:
+                header["token"] = self.token
+            self._socket.send_multipart(encode_message(header, arrays))
+            deadline = time.monotonic() + self.timeout_s
+            while True:
+                remaining_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+                if remaining_ms == 0 or not self._socket.poll(remaining_ms, self._zmq.POLLIN):
+                    raise TimeoutError(f"no reply from the policy server at {self.address} within "
+                                       f"{self.timeout_s:g} s (is `dpolicy serve` running there?)")
+                reply, out = decode_message(self._socket.recv_multipart())
+                if reply.get("id") == request_id:  # replies to requests that timed out are skipped
+                    break
+        if not reply.get("ok", False):
+            raise PolicyServerError(f"policy server at {self.address}: {reply.get('error', 'unknown error')}")
+        return reply, out
+
+    def ping(self) -> float:
+        """Round-trip time of an empty request, in seconds."""
+        start = time.perf_counter()
+        self.request("ping")
+        return time.perf_counter() - start
+
+    def info(self) -> dict:
+        """The served policy's description: n_obs_steps, n_action_steps, horizon, shape_meta, ..."""
+        if self._info is None:
+            self._info = self.request("info")[0]["info"]
+        return self._info
+
+    # ------------------------------------------------------------------ policy interface
+    @property
+    def n_obs_steps(self) -> int:
+        return int(self.info()["n_obs_steps"])
+
+    @property
+    def n_action_steps(self) -> int:
+        return int(self.info()["n_action_steps"])
+
+    def predict_action(self, obs: Mapping[str, np.ndarray], seed: int | None = None) -> dict[str, np.ndarray]:
+        """``{"action": (B, Ta, D), "action_pred": (B, Tp, D)}`` float32 for ``obs`` ``{key: (B, To, ...)}``.
+
+        Torch tensors are accepted too. ``seed`` makes the server's sampling noise reproducible.
+        """
+        arrays = {key: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+                  for key, value in obs.items()}
+        fields = {} if seed is None else {"seed": int(seed)}
+        _, out = self.request("predict", arrays, **fields)
+        return {"action": out["action"], "action_pred": out["action_pred"]}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close(linger=0)
+                self._socket = None
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

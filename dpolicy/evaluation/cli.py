@@ -1,0 +1,117 @@
+"""`dpolicy eval CHECKPOINT`: roll a trained policy out in its task's simulator.
+
+The environment, its arguments and the episode limit come from the checkpoint's config
+(``task.env_id``, ``task.env_kwargs``, ``task.max_steps``); the command line can override them.
+Writes metrics.json, episodes.csv, final_frames.png and videos into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dpolicy.evaluation.protocols import PROTOCOLS
+from dpolicy.evaluation.report import VIDEO_FORMATS
+from dpolicy.evaluation.vector import VECTOR_KINDS
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="checkpoint file written by `dpolicy train`")
+    parser.add_argument("--protocol", default="paper",
+                        help=f"seeds: one of {', '.join(PROTOCOLS)} ('train': the training seeds 0..49), "
+                             "or a list such as '100000-100009' or '1,5,9' (default: paper)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: <run>/eval/<checkpoint name>_<protocol> next to the "
+                             "checkpoints folder)")
+    parser.add_argument("--n-envs", type=int, default=None,
+                        help="environments run at once (default: all episodes, at most 50)")
+    parser.add_argument("--vector", choices=VECTOR_KINDS, default="async",
+                        help="async: environments in worker processes (default); sync: in this process")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="episode limit (default: the task's, 300)")
+    parser.add_argument("--videos", type=int, default=4, help="videos of the first K episodes (default 4)")
+    parser.add_argument("--video-format", choices=VIDEO_FORMATS, default="mp4")
+    parser.add_argument("--replan-threshold", type=int, default=0,
+                        help="plan a new chunk when this many actions are still queued "
+                             "(default 0: at the end of each chunk)")
+    parser.add_argument("--sampler", default=None,
+                        help="diffusion sampling scheduler, e.g. ddim or ddpm (default: the checkpoint's)")
+    parser.add_argument("--inference-steps", type=int, default=None,
+                        help="denoising steps per chunk (default: the checkpoint's)")
+    parser.add_argument("--device", default=None, help="torch device for the policy (default: auto)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; 1 is much faster on a busy machine)")
+    parser.add_argument("--no-ema", action="store_true",
+                        help="use the plain weights instead of the EMA weights")
+    parser.add_argument("--env-id", default=None, help="override the checkpoint's task.env_id")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the policy's sampling noise (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def default_out_dir(checkpoint: Path, protocol: str) -> Path:
+    """``runs/x/checkpoints/latest.pt`` -> ``runs/x/eval/latest_<protocol>``."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    tag = protocol if protocol in PROTOCOLS else "seeds"
+    return run_dir / "eval" / f"{checkpoint.stem}_{tag}"
+
+
+def format_summary(m: dict) -> str:
+    lo, hi = m["success_ci95"]
+    lines = [
+        f"episodes        {m['n_episodes']}" + (" (interrupted)" if m.get("interrupted") else ""),
+        f"score           {m['score']:.4f}   (mean max clip(coverage/0.95))",
+        f"success rate    {m['success_rate']:.3f}   95% CI [{lo:.3f}, {hi:.3f}]",
+        f"mean length     {m['mean_length']:.1f} steps",
+        f"policy latency  p50 {m['latency_p50_ms']:.1f} ms, p95 {m['latency_p95_ms']:.1f} ms per chunk "
+        f"(mean batch {m['mean_policy_batch']:.1f})",
+        f"wall            {m['wall_s']:.1f} s ({m['steps_per_s']:.0f} env steps/s, {m['n_envs']} envs, "
+        f"{m['vector']})",
+    ]
+    if m.get("out_dir"):
+        lines.append(f"written to      {m['out_dir']}")
+    return "\n".join(lines)
+
+
+def _sampler_info(policy) -> dict:
+    if not hasattr(policy, "set_inference"):
+        return {}
+    return {"sampler": getattr(policy, "inference_scheduler_name", None),
+            "inference_steps": getattr(policy, "num_inference_steps", None)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from dpolicy.evaluation.rollout import EvaluationInterrupted, evaluate
+    from dpolicy.training.checkpoint import load_policy
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    policy, cfg = load_policy(args.checkpoint, use_ema=not args.no_ema, device=args.device)
+    if args.sampler is not None or args.inference_steps is not None:
+        if not hasattr(policy, "set_inference"):
+            raise SystemExit(f"--sampler/--inference-steps: {type(policy).__name__} has no set_inference(); "
+                             "only diffusion policies have a sampler to change")
+        policy.set_inference(args.sampler, args.inference_steps)
+    task = cfg.task
+    env_id = args.env_id or str(task.env_id)
+    env_kwargs = OmegaConf.to_container(task.env_kwargs, resolve=True) if task.get("env_kwargs") else {}
+    max_steps = args.max_steps or int(task.get("max_steps", 300))
+    out_dir = args.out or default_out_dir(args.checkpoint, args.protocol)
+    try:
+        metrics = evaluate(policy, env_id, args.protocol, env_kwargs=env_kwargs, n_envs=args.n_envs,
+                           vector=args.vector, max_steps=max_steps, out_dir=out_dir, n_videos=args.videos,
+                           progress=not args.no_progress, replan_threshold=args.replan_threshold,
+                           policy_seed=args.seed, video_format=args.video_format,
+                           metadata={"checkpoint": str(args.checkpoint), "protocol": args.protocol,
+                                     "use_ema": not args.no_ema, **_sampler_info(policy)})
+    except EvaluationInterrupted as stop:
+        print("interrupted: results of the finished episodes")
+        print(format_summary(stop.metrics))
+        return 130
+    print(format_summary(metrics))
+    print(json.dumps({k: metrics[k] for k in ("score", "success_rate", "success_ci95", "mean_length")}))
+    return 0

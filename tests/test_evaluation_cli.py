@@ -1,0 +1,52 @@
+"""`dpolicy eval CHECKPOINT` on a small untrained diffusion policy checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dpolicy.cli import main
+from dpolicy.data.normalizer import Normalizer
+from dpolicy.evaluation.cli import default_out_dir
+from dpolicy.policies.diffusion import DiffusionPolicy
+from dpolicy.training.checkpoint import save_checkpoint
+
+SHAPE_META = {"obs": {"obs": {"shape": [20], "type": "low_dim"}}, "action": {"shape": [2]}}
+POLICY_CFG = {"_target_": "dpolicy.policies.diffusion.DiffusionPolicy", "horizon": 16, "n_obs_steps": 2,
+              "n_action_steps": 8, "down_dims": [16, 32], "step_embed_dim": 16,
+              "inference_scheduler": "ddim", "num_inference_steps": 4}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    normalizer = Normalizer.from_spec({"obs": SHAPE_META["obs"]["obs"], "action": {"shape": [2]}})
+    kwargs = {k: v for k, v in POLICY_CFG.items() if k != "_target_"}
+    policy = DiffusionPolicy(SHAPE_META, normalizer, **kwargs)
+    config = {"task": {"env_id": "envs/PushTKeypoints-v0", "env_kwargs": {}, "max_steps": 300},
+              "policy": POLICY_CFG}
+    path = tmp_path_factory.mktemp("run") / "checkpoints" / "latest.pt"
+    save_checkpoint(path, {"config": config, "shape_meta": SHAPE_META, "step": 0,
+                           "model": policy.state_dict(), "ema_model": None})
+    return path
+
+
+def test_eval_command_writes_metrics_csv_video_and_grid(checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    rc = main(["eval", str(checkpoint), "--protocol", "100000,100001", "--max-steps", "10",
+               "--vector", "sync", "--videos", "1", "--out", str(out), "--no-progress",
+               "--inference-steps", "2"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "score" in printed and "success rate" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str(checkpoint) and metrics["n_episodes"] == 2
+    assert metrics["env_id"] == "envs/PushTKeypoints-v0" and metrics["max_steps"] == 10
+    assert metrics["inference_steps"] == 2 and metrics["sampler"] == "ddim"
+    assert (out / "episodes.csv").exists() and (out / "final_frames.png").exists()
+    assert (out / "episode_000_seed_100000.mp4").stat().st_size > 0
+
+
+def test_default_output_folder_sits_in_the_run_folder(checkpoint):
+    assert default_out_dir(checkpoint, "paper") == checkpoint.parent.parent / "eval" / "latest_paper"
+    assert default_out_dir(checkpoint, "1,2").name == "latest_seeds"
