@@ -1,0 +1,1 @@
+"""Small, self-contained experiments that illustrate a claim of the package (see docs/)."""
