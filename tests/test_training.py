@@ -188,3 +188,10 @@ def test_periodic_rollouts_keep_the_top_k_checkpoints(toy_dataset, tmp_path):
     for entry in summary["top_k"]:
         assert Path(entry["path"]).name in kept
     assert (run / "eval" / "step_0000010" / "metrics.json").exists()
+
+
+def test_a_new_run_does_not_overwrite_an_existing_one(toy_dataset, tmp_path):
+    run = tmp_path / "run"
+    Trainer(tiny_cfg(toy_dataset, run, "training.max_steps=10")).train()
+    with pytest.raises(FileExistsError, match="resume=true"):
+        Trainer(tiny_cfg(toy_dataset, run, "training.max_steps=10"))

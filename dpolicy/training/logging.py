@@ -12,12 +12,13 @@ from typing import Any
 class RunLogger:
     """Append-only ``log.jsonl`` in the run directory plus optional mirrors.
 
+    ``fresh`` truncates an old log (a new run), otherwise records are appended (a resumed run).
     Every record carries ``step``; records with other keys (train, val, eval) interleave freely.
     ``plot()`` draws every logged series against the step into ``curves.png``.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = False, wandb: bool = False,
-                 config: dict | None = None):
+    def __init__(self, run_dir: Path, enabled: bool = True, fresh: bool = True, tensorboard: bool = False,
+                 wandb: bool = False, config: dict | None = None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._tb = None
@@ -26,7 +27,8 @@ class RunLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "log.jsonl"
-        self._file = open(self.path, "a", buffering=1)
+        # A fresh run starts a new log; a resumed one appends to it.
+        self._file = open(self.path, "w" if fresh else "a", buffering=1)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -113,7 +113,11 @@ class Trainer:
         self.batch_in_epoch = 0
         self.elapsed_s = 0.0  # training wall-clock accumulated over resumed segments
         self.top_k: list[dict[str, Any]] = []  # [{"score", "step", "path"}], best first
-        self.logger = RunLogger(self.run_dir, enabled=self.ctx.is_main, tensorboard=bool(self.tcfg.tensorboard),
+        if not cfg.resume and (self.ckpt_dir / "latest.pt").exists():
+            raise FileExistsError(f"{self.run_dir} already holds a run ({self.ckpt_dir / 'latest.pt'}): continue it "
+                                  f"with resume=true or choose another run_dir")
+        self.logger = RunLogger(self.run_dir, enabled=self.ctx.is_main, fresh=not cfg.resume,
+                                tensorboard=bool(self.tcfg.tensorboard),
                                 wandb=bool(self.tcfg.wandb), config=OmegaConf.to_container(cfg, resolve=True))
         if cfg.resume:
             self._load_for_resume()
