@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     summary = Trainer(cfg).train()
     train_min = (time.perf_counter() - t0) / 60
+    if summary["interrupted"]:
+        print(f"training was interrupted at step {summary['step']}; continue it with "
+              f"`dpolicy train task.dataset.path={args.dataset} run_dir={out} resume=true`")
+        return 130
 
     print(f"[2/2] evaluating the EMA policy with the {args.protocol} protocol")
     policy, cfg = load_policy(out / "checkpoints" / "latest.pt")

@@ -193,10 +193,11 @@ class Trainer:
                     self.epoch += 1
                     self.batch_in_epoch = 0
         except (_StopTraining, KeyboardInterrupt) as exc:
-            interrupted = isinstance(exc, KeyboardInterrupt)
+            # Ctrl-C and SIGTERM stop right away; only a spent time budget still gets its final rollouts.
+            interrupted = isinstance(exc, KeyboardInterrupt) or stop_requested["flag"]
             if self.ctx.is_main:
-                bar.write(f"stopping at step {self.step}: "
-                          f"{'interrupted' if interrupted else 'time budget or SIGTERM'}; writing checkpoint")
+                reason = "interrupted" if interrupted else f"time budget of {t.max_minutes} min spent"
+                bar.write(f"stopping at step {self.step} ({reason}); writing checkpoint")
         finally:
             bar.close()
             if self.ctx.is_main and not self.ctx.enabled:
