@@ -1,0 +1,372 @@
+"""`dpolicy collect`: record Push-T demonstrations into a zarr dataset.
+
+Two sources:
+
+- ``--expert scripted``: the scripted expert (:mod:`envs.pusht.expert`) in parallel worker
+  processes. Only successful episodes are kept. Collection is resumable: every committed episode's
+  reset seed is recorded in the dataset's metadata, so running the same command again (after a
+  crash, a kill or to ask for more episodes) continues where the dataset ends, skipping those seeds.
+- ``--teleop``: mouse teleoperation in a pygame window (:mod:`envs.pusht.teleop`).
+
+Datasets have the layout of the original human data: ``data/state`` (N, 5), ``data/action`` (N, 2),
+``data/keypoint`` (N, 9, 2), ``data/n_contacts`` (N, 1), optionally ``data/img`` (N, 96, 96, 3), all
+float32, and ``meta/episode_ends``. As in the human data, ``state[t]`` is observed before
+``action[t]`` is commanded, ``n_contacts[t]`` counts the contacts of the step taken with
+``action[t]``, and an expert episode ends at the first step whose coverage exceeds 0.95.
+
+Metadata (root attributes): ``collector`` (source and settings; a resumed run must match them),
+``episode_seeds`` (the environment reset seed of every episode, in order) and ``failed_seeds``
+(expert episodes that did not succeed and were dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from envs.pusht.sim import clip_action
+
+#: Reset seeds of the paper's evaluation protocol (100000..100499): never used for collection.
+EVAL_SEEDS = range(100_000, 100_500)
+#: Episodes longer than this are failures (the benchmark's episode length).
+MAX_EPISODE_STEPS = 300
+#: Arrays of a recorded episode (``img`` only with images).
+LOWDIM_KEYS = ("state", "action", "keypoint", "n_contacts")
+IMAGE_KEY = "img"
+IMAGE_SIZE = 96
+
+
+# ====================================================================== recording episodes
+
+class EpisodeRecorder:
+    """Accumulates one episode in the human dataset's layout while it is being played.
+
+    Call :meth:`step` instead of ``env.step``: it records the observation (state, keypoints and,
+    with ``images``, the 96 x 96 frame) *before* the action, then the action and the step's contacts.
+    """
+
+    def __init__(self, images: bool = False):
+        self.images = images
+        self.clear()
+
+    def clear(self) -> None:
+        self._rows: dict[str, list] = {key: [] for key in self.keys}
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return LOWDIM_KEYS + ((IMAGE_KEY,) if self.images else ())
+
+    def __len__(self) -> int:
+        return len(self._rows["action"])
+
+    def step(self, env, action):
+        """Record the current observation and ``action``, then step ``env`` (a PushTEnv).
+
+        Returns what ``env.step`` returned.
+        """
+        sim = env.unwrapped.sim
+        state = sim.get_state()
+        self._rows["state"].append(state)
+        self._rows["keypoint"].append(sim.keypoints())
+        if self.images:
+            self._rows[IMAGE_KEY].append(env.unwrapped.renderer.render(state, IMAGE_SIZE))
+        # The simulator clips targets to the workspace: record what was actually commanded.
+        commanded = clip_action(action)
+        result = env.step(commanded)
+        self._rows["action"].append(commanded)
+        self._rows["n_contacts"].append([result[4]["n_contacts"]])
+        return result
+
+    def episode(self) -> dict[str, np.ndarray]:
+        """The recorded arrays, float32 like the human data: {key: (L, *shape)}."""
+        if not len(self):
+            raise ValueError("no steps recorded")
+        return {key: np.asarray(rows, dtype=np.float32) for key, rows in self._rows.items()}
+
+
+@dataclass
+class ExpertEpisode:
+    """One scripted-expert rollout."""
+
+    reset_seed: int
+    success: bool
+    steps: int
+    seconds: float                   # CPU time of the rollout (expert planning + simulation)
+    episode: dict[str, np.ndarray]   # recorded arrays (see EpisodeRecorder), up to the success step
+    pushed_edges: list[int] = field(default_factory=list)
+
+
+def expert_seed_for(base_seed: int, reset_seed: int) -> list[int]:
+    """The expert's own seed for an episode: derived from the collection seed and the reset seed."""
+    return [int(base_seed), int(reset_seed)]
+
+
+def run_expert_episode(env, expert, reset_seed: int, expert_seed, images: bool = False,
+                       max_steps: int = MAX_EPISODE_STEPS) -> ExpertEpisode:
+    """Play one episode of ``expert`` (a ScriptedExpert) in ``env`` (a PushTEnv) from ``reset_seed``.
+
+    The episode stops at the first step with coverage > 0.95 (success) or after ``max_steps``.
+    """
+    env.reset(seed=int(reset_seed))
+    expert.reset(expert_seed)
+    recorder = EpisodeRecorder(images)
+    sim = env.unwrapped.sim
+    start = time.process_time()
+    success = False
+    for _ in range(max_steps):
+        info = recorder.step(env, expert.act(sim.get_full_state()))[4]
+        if info["is_success"]:
+            success = True
+            break
+    return ExpertEpisode(reset_seed=int(reset_seed), success=success, steps=len(recorder),
+                         seconds=time.process_time() - start, episode=recorder.episode(),
+                         pushed_edges=list(expert.pushed_edges))
+
+
+def collection_seeds(start: int, skip=()) -> Iterator[int]:
+    """Reset seeds ``start, start + 1, ...`` without the evaluation seeds and those in ``skip``."""
+    skip = set(skip)
+    seed = int(start)
+    while True:
+        if seed in EVAL_SEEDS:
+            seed = EVAL_SEEDS.stop
+            continue
+        if seed not in skip:
+            yield seed
+        seed += 1
+
+
+# ====================================================================== the dataset side
+
+class DemoDataset:
+    """A zarr dataset being collected into: episodes plus the seeds that made them.
+
+    Opening an existing dataset resumes it (its ``collector`` settings must equal ``collector``);
+    otherwise a new one is created. Crash safety: the seed list is written before the episode, and
+    the episode append is atomic, so after a crash the first ``n_episodes`` seeds are exactly the
+    committed episodes' (a seed written for an episode that never committed is dropped on reopen).
+    """
+
+    def __init__(self, path: str | Path, collector: dict):
+        from dpolicy.data.replay_buffer import DatasetError, ReplayBuffer
+
+        path = Path(path)
+        self.collector = dict(collector)
+        if path.exists():
+            self.buffer = ReplayBuffer.open(path, mode="a")
+            stored = self.buffer.attrs.get("collector")
+            if stored is None:
+                raise DatasetError(f"{path}: exists but was not made by `dpolicy collect` (no 'collector' "
+                                   "metadata); choose another --out")
+            if dict(stored) != self.collector:
+                differing = sorted(k for k in set(stored) | set(self.collector)
+                                   if stored.get(k) != self.collector.get(k))
+                details = ", ".join(f"{k}: dataset {stored.get(k)!r} vs now {self.collector.get(k)!r}"
+                                    for k in differing)
+                raise DatasetError(f"{path}: collected with other settings ({details}); resume with the "
+                                   "same options or choose another --out")
+            seeds = [int(s) for s in self.buffer.attrs.get("episode_seeds", [])]
+            if len(seeds) < self.buffer.n_episodes:
+                raise DatasetError(f"{path}: metadata lists {len(seeds)} episode seeds for "
+                                   f"{self.buffer.n_episodes} episodes; the dataset was modified outside "
+                                   "`dpolicy collect`")
+            if len(seeds) > self.buffer.n_episodes:  # a crash between writing the seed and the episode
+                seeds = seeds[:self.buffer.n_episodes]
+                self.buffer.attrs["episode_seeds"] = seeds
+        else:
+            self.buffer = ReplayBuffer.create(path, attrs={"collector": self.collector, "episode_seeds": [],
+                                                           "failed_seeds": []})
+            seeds = []
+        self.episode_seeds = seeds
+        self.failed_seeds = [int(s) for s in self.buffer.attrs.get("failed_seeds", [])]
+
+    @property
+    def n_episodes(self) -> int:
+        return self.buffer.n_episodes
+
+    @property
+    def used_seeds(self) -> set[int]:
+        """Seeds already tried: committed episodes and recorded failures."""
+        return set(self.episode_seeds) | set(self.failed_seeds)
+
+    def add_episode(self, seed: int, episode: dict[str, np.ndarray]) -> None:
+        self.buffer.attrs["episode_seeds"] = [*self.episode_seeds, int(seed)]
+        self.buffer.append_episode(episode)
+        self.episode_seeds.append(int(seed))
+
+    def add_failure(self, seed: int) -> None:
+        self.failed_seeds.append(int(seed))
+        self.buffer.attrs["failed_seeds"] = list(self.failed_seeds)
+
+    def close(self) -> None:
+        self.buffer.close()
+
+
+# ====================================================================== parallel expert collection
+
+_worker_state: dict = {}
+
+
+def _init_worker(images: bool) -> None:
+    from envs.pusht.env import PushTEnv
+    from envs.pusht.expert import ScriptedExpert
+
+    _worker_state["env"] = PushTEnv(obs_type="state")
+    _worker_state["expert"] = ScriptedExpert()
+    _worker_state["images"] = images
+
+
+def _worker_episode(reset_seed: int, base_seed: int) -> ExpertEpisode:
+    return run_expert_episode(_worker_state["env"], _worker_state["expert"], reset_seed,
+                              expert_seed_for(base_seed, reset_seed), images=_worker_state["images"])
+
+
+def map_expert_episodes(seeds: Iterator[int], base_seed: int, images: bool,
+                        workers: int) -> Iterator[ExpertEpisode]:
+    """Expert episodes for ``seeds``, in seed order, computed by ``workers`` processes (lazily)."""
+    if workers <= 1:
+        _init_worker(images)
+        for seed in seeds:
+            yield _worker_episode(seed, base_seed)
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(images,)) as pool:
+        pending: deque = deque()
+        try:
+            while True:
+                while len(pending) < 2 * workers:
+                    seed = next(seeds, None)
+                    if seed is None:
+                        break
+                    pending.append(pool.submit(_worker_episode, seed, base_seed))
+                if not pending:
+                    return
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def collect_expert(out: Path, episodes: int, workers: int = 1, seed: int = 0, images: bool = False,
+                   progress: bool = True) -> DemoDataset:
+    """Collect successful scripted-expert episodes into ``out`` until it holds ``episodes`` episodes.
+
+    Resumes an existing dataset made with the same settings (see :class:`DemoDataset`).
+    """
+    from tqdm import tqdm
+
+    from envs.pusht.expert import ExpertParams
+
+    collector = {"source": "scripted expert (envs.pusht.expert.ScriptedExpert)", "seed": int(seed),
+                 "images": bool(images), "max_episode_steps": MAX_EPISODE_STEPS,
+                 "expert_params": asdict(ExpertParams())}
+    dataset = DemoDataset(out, collector)
+    if dataset.n_episodes >= episodes:
+        return dataset
+    seeds = collection_seeds(seed, skip=dataset.used_seeds)
+    bar = tqdm(total=episodes, initial=dataset.n_episodes, desc="expert episodes", unit="episode",
+               disable=not progress)
+    tried = succeeded = 0
+    try:
+        for result in map_expert_episodes(seeds, seed, images, workers):
+            tried += 1
+            succeeded += result.success
+            bar.set_postfix(success=f"{succeeded}/{tried}", refresh=False)
+            if result.success:
+                dataset.add_episode(result.reset_seed, result.episode)
+                bar.update(1)
+            else:
+                dataset.add_failure(result.reset_seed)
+            if dataset.n_episodes >= episodes:
+                break
+    finally:
+        bar.close()
+    return dataset
+
+
+def collect_teleop(out: Path, seed: int = 0, images: bool = False, scale: float = 1.0) -> DemoDataset:
+    """Open a pygame window and append every episode the user saves to ``out`` (created or resumed)."""
+    from envs.pusht.teleop import INSTRUCTIONS, TeleopSession
+
+    created = not Path(out).exists()
+    dataset = DemoDataset(out, {"source": "mouse teleoperation (envs.pusht.teleop)", "images": bool(images),
+                                "control_hz": 10})
+    try:
+        session = TeleopSession(dataset.add_episode, collection_seeds(seed, skip=dataset.used_seeds),
+                                images=images, scale=scale)
+    except Exception:
+        dataset.close()
+        if created:  # leave no empty dataset behind
+            shutil.rmtree(out)
+        raise
+    print(INSTRUCTIONS)
+    session.run()
+    return dataset
+
+
+# ====================================================================== the command
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--expert", choices=("scripted",), help="collect with the scripted expert")
+    source.add_argument("--teleop", action="store_true",
+                        help="collect by mouse teleoperation (pygame window)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="zarr dataset to create or resume "
+                             "(default: pusht_expert.zarr / pusht_teleop.zarr in the current directory)")
+    parser.add_argument("--episodes", type=int, default=200,
+                        help="expert: collect until the dataset holds this many episodes (default 200)")
+    parser.add_argument("--workers", type=int, default=1, help="expert: worker processes (default 1)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="first environment reset seed (default 0); the evaluation seeds 100000..100499 "
+                             "are always skipped. Also seeds the expert.")
+    parser.add_argument("--images", action="store_true", help="also record data/img (96 x 96 frames)")
+    parser.add_argument("--scale", type=float, default=1.0, help="teleop: window scale (1.0 = 512 px)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dpolicy.data.replay_buffer import DatasetError
+
+    try:
+        if args.teleop:
+            from envs.pusht.teleop import TeleopUnavailable
+
+            out = args.out or Path("pusht_teleop.zarr")
+            try:
+                dataset = collect_teleop(out, seed=args.seed, images=args.images, scale=args.scale)
+            except TeleopUnavailable as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 1
+            print(f"{out}: {dataset.n_episodes} episodes, {dataset.buffer.n_steps} steps")
+            dataset.close()
+            return 0
+        if args.episodes < 1 or args.workers < 1:
+            print("error: --episodes and --workers must be >= 1", file=sys.stderr)
+            return 2
+        out = args.out or Path("pusht_expert.zarr")
+        start = time.perf_counter()
+        dataset = collect_expert(out, args.episodes, workers=args.workers, seed=args.seed, images=args.images,
+                                 progress=not args.quiet)
+        lengths = dataset.buffer.episode_lengths
+        print(f"{out}: {dataset.n_episodes} episodes, {dataset.buffer.n_steps} steps "
+              f"(mean length {lengths.mean() if len(lengths) else math.nan:.1f}), "
+              f"{len(dataset.failed_seeds)} failed seeds skipped; {time.perf_counter() - start:.1f} s")
+        dataset.close()
+        return 0
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1

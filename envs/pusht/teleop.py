@@ -1,0 +1,168 @@
+"""Mouse teleoperation of Push-T in a pygame window, recording demonstrations at 10 Hz.
+
+As in the original collection tool, the agent (blue disc) does nothing until it is grabbed: hover
+over it or click on it, and from then on it follows the mouse cursor (the cursor is the action, an
+absolute target). Keys:
+
+- ``S``: save the episode now and start the next one (a success saves by itself);
+- ``R``: discard the episode and retry the same start;
+- ``Space``: pause / resume;
+- ``Q``, ``Esc`` or closing the window: quit (an unsaved episode is discarded).
+
+The window only shows the scene; the caption carries the status line. :class:`TeleopSession` runs one
+control step per :meth:`~TeleopSession.tick`, which is how the tests drive it headless
+(``SDL_VIDEODRIVER=dummy``, with synthetic mouse and key events posted to pygame's queue).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from dpolicy.collect import EpisodeRecorder
+from envs.pusht.env import PushTEnv
+from envs.pusht.geometry import WORKSPACE_SIZE
+from envs.pusht.render import render_state
+from envs.pusht.sim import AGENT_RADIUS
+
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+try:
+    import pygame  # (after the variable that silences its greeting)
+except ImportError as err:  # pragma: no cover - depends on the installation
+    raise ImportError("mouse teleoperation needs pygame: pip install -e '.[teleop]'") from err
+
+#: Control rate of the recording (steps per second), as the original tool and the human data.
+CONTROL_HZ = 10
+#: The agent is grabbed by a click or hover within this many px (world units) of its centre.
+GRAB_DISTANCE = AGENT_RADIUS + 5.0
+#: Printed when a session starts.
+INSTRUCTIONS = ("Push the T onto the green target. Hover over or click the blue agent to grab it; it then "
+                "follows the mouse.\nS: save the episode (a success saves itself)  R: discard and retry  "
+                "Space: pause  Q/Esc: quit")
+
+
+class TeleopUnavailable(RuntimeError):
+    """The teleoperation window cannot be opened (no display)."""
+
+
+class TeleopSession:
+    """A pygame window in which a person pushes the T with the mouse; one control step per :meth:`tick`.
+
+    Args:
+        on_save: called as ``on_save(reset_seed, episode)`` with the recorded arrays of every saved
+            episode (``state``, ``action``, ``keypoint``, ``n_contacts`` and optionally ``img``).
+        seeds: environment reset seeds for the successive episodes (a retry reuses the current one).
+        images: also record 96 x 96 frames.
+        scale: window size relative to the 512 px workspace.
+    """
+
+    def __init__(self, on_save: Callable[[int, dict], None], seeds: Iterator[int], images: bool = False,
+                 scale: float = 1.0):
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.on_save = on_save
+        self.seeds = seeds
+        self.scale = float(scale)
+        self.size = max(64, round(WORKSPACE_SIZE * self.scale))
+        try:
+            pygame.display.init()  # the display alone: no audio, no fonts
+            self.screen = pygame.display.set_mode((self.size, self.size))
+        except pygame.error as err:
+            raise TeleopUnavailable(f"cannot open the teleoperation window ({err}); run it on a machine "
+                                    "with a display (SDL_VIDEODRIVER=dummy gives a headless window for "
+                                    "tests)") from err
+        self.env = PushTEnv(obs_type="state")
+        self.recorder = EpisodeRecorder(images)
+        self.saved = 0
+        self.paused = False
+        self.cursor: np.ndarray | None = None  # world px
+        self._new_episode(next(self.seeds))
+
+    # ------------------------------------------------------------------ episodes
+    def _new_episode(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.env.reset(seed=self.seed)
+        self.recorder.clear()
+        self.grabbed = False
+        self.coverage = self.env.sim.coverage()
+
+    def save(self) -> None:
+        """Save the current episode (if it has steps) and start the next one."""
+        if len(self.recorder):
+            self.on_save(self.seed, self.recorder.episode())
+            self.saved += 1
+        self._new_episode(next(self.seeds))
+
+    def retry(self) -> None:
+        """Discard the current episode and restart from the same reset."""
+        self._new_episode(self.seed)
+
+    # ------------------------------------------------------------------ the loop
+    def _to_world(self, pos) -> np.ndarray:
+        return np.asarray(pos, dtype=np.float64) / (self.size / WORKSPACE_SIZE)
+
+    def _near_agent(self, world: np.ndarray) -> bool:
+        return float(np.linalg.norm(world - self.env.sim.agent_pos)) <= GRAB_DISTANCE
+
+    def handle_events(self) -> bool:
+        """Process pending pygame events; returns False when the user quits."""
+        for event in pygame.event.get():
+            if event.type == pygame.QUIT:
+                return False
+            if event.type == pygame.KEYDOWN:
+                if event.key in (pygame.K_q, pygame.K_ESCAPE):
+                    return False
+                if event.key == pygame.K_s:
+                    self.save()
+                elif event.key == pygame.K_r:
+                    self.retry()
+                elif event.key == pygame.K_SPACE:
+                    self.paused = not self.paused
+            elif event.type in (pygame.MOUSEMOTION, pygame.MOUSEBUTTONDOWN):
+                self.cursor = self._to_world(event.pos)
+                if not self.grabbed and self._near_agent(self.cursor):
+                    self.grabbed = True
+        return True
+
+    def tick(self) -> bool:
+        """Handle input, take one control step toward the cursor when grabbed, redraw.
+
+        Returns False when the user quits. A step that reaches coverage > 0.95 saves the episode.
+        """
+        if not self.handle_events():
+            return False
+        if self.grabbed and not self.paused and self.cursor is not None:
+            _, _, terminated, _, info = self.recorder.step(self.env, self.cursor)
+            self.coverage = info["coverage"]
+            if terminated:
+                self.save()
+        self.draw()
+        return True
+
+    def draw(self) -> None:
+        target = self.cursor if self.grabbed else None
+        frame = render_state(self.env.sim.get_state(), self.size, target=target)
+        pygame.surfarray.blit_array(self.screen, frame.transpose(1, 0, 2))
+        pygame.display.flip()
+        status = "recording" if self.grabbed else "hover over or click the blue agent"
+        if self.paused:
+            status = "PAUSED"
+
+        pygame.display.set_caption(f"Push-T teleop | saved {self.saved} | seed {self.seed} | step "
+                                   f"{len(self.recorder)} | coverage {self.coverage:.2f} | {status} | "
+                                   "S save, R retry, Space pause, Q quit")
+
+    def run(self, fps: float = CONTROL_HZ) -> int:
+        """Run until the user quits, at ``fps`` control steps per second; returns the episodes saved."""
+        clock = pygame.time.Clock()
+        try:
+            while self.tick():
+                clock.tick(fps)
+        finally:
+            self.close()
+        return self.saved
+
+    def close(self) -> None:
+        pygame.display.quit()
