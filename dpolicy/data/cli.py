@@ -67,7 +67,9 @@ def describe(buffer: ReplayBuffer, ranges: bool = True) -> tuple[str, bool]:
     if len(lengths):
         lines.append(f"episode length: min {lengths.min()}, mean {lengths.mean():.1f}, max {lengths.max()}")
     if buffer.attrs:
-        lines.append(f"attrs: {dict(buffer.attrs)}")
+        lines.append("attrs:")
+        for name, value in dict(buffer.attrs).items():
+            lines.append(f"  {name}: {_shorten(value)}")
     lines.append("keys:")
     all_finite = True
     for key in buffer.keys():
@@ -82,6 +84,14 @@ def describe(buffer: ReplayBuffer, ranges: bool = True) -> tuple[str, bool]:
                 all_finite = False
         lines.append(line)
     return "\n".join(lines), all_finite
+
+
+def _shorten(value, limit: int = 200) -> str:
+    """One attribute value on one line; long lists are summarised by their length and ends."""
+    if isinstance(value, list) and len(value) > 8:
+        return f"[{value[0]}, {value[1]}, ..., {value[-1]}] ({len(value)} items)"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " ...}"
 
 
 def _format_range(lo: np.ndarray, hi: np.ndarray) -> str:
