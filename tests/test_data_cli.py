@@ -35,7 +35,8 @@ def test_info_reports_episodes_steps_keys_and_ranges(dataset, capsys):
     assert "episodes: 3" in out and "steps: 75" in out
     assert "episode length: min 20, mean 25.0, max 30" in out
     assert "attrs:\n  synthetic: True" in out
-    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    keys_section = out.split("\nkeys:\n", 1)[1]
+    lines = {line.split()[0]: line for line in keys_section.splitlines() if line.startswith("  ")}
     assert set(lines) == {"action", "img", "keypoint", "state"}
     assert "(75, 16, 16, 3)" in lines["img"] and "uint8" in lines["img"]
     assert "(75, 2)" in lines["action"] and "float32" in lines["action"]
