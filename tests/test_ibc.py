@@ -63,7 +63,7 @@ def test_infonce_training_lowers_the_loss():
     action = torch.stack([obs[:, -1, :2], obs[:, -1, :2]], dim=1) * 0.8
     opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
     losses = []
-    for i in range(150):
+    for _ in range(150):
         idx = torch.as_tensor(rng.integers(0, 256, 64))
         loss = policy.compute_loss({"obs": {"obs": obs[idx]}, "action": action[idx]})
         opt.zero_grad()

@@ -195,3 +195,27 @@ def test_a_new_run_does_not_overwrite_an_existing_one(toy_dataset, tmp_path):
     Trainer(tiny_cfg(toy_dataset, run, "training.max_steps=10")).train()
     with pytest.raises(FileExistsError, match="resume=true"):
         Trainer(tiny_cfg(toy_dataset, run, "training.max_steps=10"))
+
+
+def test_ibc_trains_with_the_same_trainer_and_round_trips_through_a_checkpoint(toy_dataset, tmp_path):
+    run = tmp_path / "ibc"
+    cfg = compose_config("ibc_pusht_lowdim", [
+        f"task.dataset.path={toy_dataset}", f"run_dir={run}", "task.dataset.val_ratio=0.2", "device=cpu",
+        "policy.hidden_dim=32", "policy.n_counter_examples=16", "policy.dfo_samples=64",
+        "training.batch_size=16", "training.max_steps=20", "training.warmup_steps=2", "training.log_every=5",
+        "training.val_every=10", "training.val_batches=1", "training.eval_every=0", "training.progress=false",
+        "training.num_threads=1"])
+    trainer = Trainer(cfg)
+    trainer.train()
+    policy, loaded_cfg = load_policy(run / "checkpoints" / "latest.pt")
+    assert loaded_cfg.policy._target_ == "dpolicy.policies.ibc.IbcPolicy"
+    for name, value in trainer.policy.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(policy.state_dict()[name], value), name
+    gen_a, gen_b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    obs = {"obs": torch.full((1, 2, 20), 250.0)}
+    nobs = {"obs": policy.normalizer.normalize("obs", obs["obs"])}
+    trainer.policy.eval()
+    a = policy.sample_actions(nobs, generator=gen_a)
+    assert torch.equal(a, trainer.policy.sample_actions(nobs, generator=gen_b))
+    assert policy.predict_action({"obs": np.full((2, 20), 250.0, np.float32)})["action"].shape == (1, 2)

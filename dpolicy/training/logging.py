@@ -97,11 +97,11 @@ def plot_curves(log_path: Path, out_path: Path) -> Path:
     panels = [("loss", ["train_loss", "val_loss"]), ("learning rate", ["lr"]),
               ("rollout", ["eval/score", "eval/success_rate"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
-    for ax, (title, keys) in zip(axes, panels):
+    for ax, (title, keys) in zip(axes, panels, strict=True):
         for key in keys:
             pts = [(r["step"], r[key]) for r in records if key in r and math.isfinite(float(r[key]))]
             if pts:
-                xs, ys = zip(*pts)
+                xs, ys = zip(*pts, strict=True)
                 ax.plot(xs, ys, marker="o" if key.startswith(("val", "eval")) else None, ms=3, label=key)
         ax.set_title(title)
         ax.set_xlabel("step")
