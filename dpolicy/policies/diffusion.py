@@ -34,7 +34,8 @@ class DiffusionPolicy(Policy):
 
     Args:
         shape_meta, normalizer, horizon, n_obs_steps, n_action_steps: see :class:`Policy`.
-        down_dims, kernel_size, n_groups, step_embed_dim: the UNet (see :class:`ConditionalUnet1D`).
+        down_dims, kernel_size, n_groups, step_embed_dim, conv_impl: the UNet (see
+            :class:`ConditionalUnet1D`).
         num_train_timesteps, beta_schedule, prediction_type ("epsilon" | "sample" | "v_prediction"),
             clip_sample: the DDPM training schedule.
         inference_scheduler, num_inference_steps: sampling defaults (None steps: as many as in training).
@@ -46,7 +47,7 @@ class DiffusionPolicy(Policy):
     def __init__(self, shape_meta: Mapping, normalizer: Normalizer, horizon: int = 16, n_obs_steps: int = 2,
                  n_action_steps: int = 8,
                  down_dims: Sequence[int] = (256, 512, 1024), kernel_size: int = 5, n_groups: int = 8,
-                 step_embed_dim: int = 256,
+                 step_embed_dim: int = 256, conv_impl: str = "matmul",
                  num_train_timesteps: int = 100, beta_schedule: str = "squaredcos_cap_v2",
                  prediction_type: str = "epsilon", clip_sample: bool = True,
                  inference_scheduler: str = "ddpm", num_inference_steps: int | None = None,
@@ -60,12 +61,15 @@ class DiffusionPolicy(Policy):
                              f"and 'action' (build it with Normalizer.fit or Normalizer.from_spec)")
         self.obs_encoder = ObservationEncoder(
             self.shape_meta["obs"], n_obs_steps, lowdim_mlp=lowdim_mlp, crop_shape=crop_shape,
-            num_keypoints=num_keypoints, image_feature_dim=image_feature_dim, share_rgb_encoder=share_rgb_encoder)
+            num_keypoints=num_keypoints, image_feature_dim=image_feature_dim,
+            share_rgb_encoder=share_rgb_encoder)
         self.model = ConditionalUnet1D(self.action_dim, self.obs_encoder.output_dim, down_dims=down_dims,
-                                       kernel_size=kernel_size, n_groups=n_groups, step_embed_dim=step_embed_dim)
+                                       kernel_size=kernel_size, n_groups=n_groups,
+                                       step_embed_dim=step_embed_dim, conv_impl=conv_impl)
         if self.horizon % self.model.time_reduction:
             raise ValueError(f"horizon {self.horizon} must be divisible by {self.model.time_reduction} "
-                             f"for a UNet with {len(self.model.down_dims)} levels (down_dims={list(down_dims)})")
+                             f"for a UNet with {len(self.model.down_dims)} levels "
+                             f"(down_dims={list(down_dims)})")
         self.noise_scheduler = make_training_scheduler(num_train_timesteps, beta_schedule, prediction_type,
                                                        clip_sample)
         self.fast_sampling = bool(fast_sampling)
@@ -94,9 +98,14 @@ class DiffusionPolicy(Policy):
     def num_inference_steps(self) -> int:
         return self._sampler.num_steps
 
+    @property
+    def sampler(self) -> ReverseDiffusion:
+        """The reverse-diffusion loop that :meth:`sample_actions` runs (see :meth:`set_inference`)."""
+        return self._sampler
+
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Denoising MSE for a batch ``{"obs": {key: (B, To', ...)}, "action": (B, horizon, D)}`` in env units.
+        """Denoising MSE of a batch ``{"obs": {key: (B, To', ...)}, "action": (B, horizon, D)}`` (env units).
 
         Observation windows longer than ``n_obs_steps`` are cut to their first To frames (the
         frames that precede the first executed action in a training window).
@@ -106,7 +115,8 @@ class DiffusionPolicy(Policy):
         action = torch.as_tensor(batch["action"], device=self.device)
         expected = (self.horizon, self.action_dim)
         if action.ndim != 3 or tuple(action.shape[1:]) != expected:
-            raise ValueError(f"batch['action'] must be (B, {expected[0]}, {expected[1]}), got {tuple(action.shape)}")
+            raise ValueError(f"batch['action'] must be (B, {expected[0]}, {expected[1]}), "
+                             f"got {tuple(action.shape)}")
         nobs = self._normalized_obs(batch["obs"], action.shape[0])
         naction = self.normalizer.normalize("action", action)
         global_cond = self.obs_encoder(nobs, generator=generator)
@@ -156,7 +166,8 @@ class DiffusionPolicy(Policy):
             x = sampler(denoise, x, generator)
         return x.clone()  # a normal tensor again (not an inference tensor)
 
-    def predict_action(self, obs: Mapping, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def predict_action(self, obs: Mapping, generator: torch.Generator | None = None
+                       ) -> dict[str, torch.Tensor]:
         """:meth:`Policy.predict_action`, optionally drawing the sampling noise from ``generator``."""
         self._predict_generator = generator
         try:
