@@ -78,7 +78,12 @@ class PushTEnv(gym.Env):
             self.observation_space = spaces.Box(low=np.zeros(5), high=np.array([ws, ws, ws, ws, 2 * np.pi]),
                                                 shape=(5,), dtype=np.float64)
         elif obs_type == "keypoints":
-            self.observation_space = spaces.Box(low=0.0, high=ws, shape=(20,), dtype=np.float64)
+            # Keypoints of a block pressed into a wall can leave the arena by a few px (the contact
+            # solver allows some penetration), so their bounds carry a margin; the agent's do not.
+            margin = ws / 8
+            low = np.concatenate([np.full(18, -margin), np.zeros(2)])
+            high = np.concatenate([np.full(18, ws + margin), np.full(2, ws)])
+            self.observation_space = spaces.Box(low=low, high=high, shape=(20,), dtype=np.float64)
         else:
             self.observation_space = spaces.Dict({
                 "image": spaces.Box(low=0, high=255, shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
