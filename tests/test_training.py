@@ -219,3 +219,10 @@ def test_ibc_trains_with_the_same_trainer_and_round_trips_through_a_checkpoint(t
     a = policy.sample_actions(nobs, generator=gen_a)
     assert torch.equal(a, trainer.policy.sample_actions(nobs, generator=gen_b))
     assert policy.predict_action({"obs": np.full((2, 20), 250.0, np.float32)})["action"].shape == (1, 2)
+
+
+def test_bf16_autocast_training_runs_and_lowers_the_loss(toy_dataset, tmp_path):
+    run = tmp_path / "bf16"
+    Trainer(tiny_cfg(toy_dataset, run, "training.max_steps=60", "training.lr=1e-3", "training.bf16=true")).train()
+    records = [r for r in map(eval_json, (run / "log.jsonl").read_text().splitlines()) if "train_loss" in r]
+    assert np.isfinite(records[-1]["train_loss"]) and records[-1]["train_loss"] < records[0]["train_loss"]

@@ -96,6 +96,8 @@ class Trainer:
             from dpolicy.models.ema import EMA
 
             self.ema = EMA(self.policy, power=float(self.tcfg.ema.power), max_value=float(self.tcfg.ema.max_value))
+        # bf16 autocast: matrix products in bfloat16, the rest (and the weights) in float32.
+        self.use_bf16 = bool(self.tcfg.get("bf16", False))
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=float(self.tcfg.lr), betas=tuple(self.tcfg.betas),
             weight_decay=float(self.tcfg.weight_decay))
@@ -162,7 +164,8 @@ class Trainer:
                 while self.batch_in_epoch < len(batches) and self.step < max_steps:
                     self.policy.train()
                     batch = self._to_device(self.dataset.get_batch(batches[self.batch_in_epoch]))
-                    loss = self.model(batch)
+                    with torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+                        loss = self.model(batch)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if t.grad_clip:
