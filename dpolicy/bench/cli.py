@@ -15,6 +15,8 @@ TARGETS = {
     "train": "training samples/s of the diffusion UNet (paper-scale and CPU configs)",
     "infer": "chunk latency of the diffusion policy (batch 1 and 50, DDPM and DDIM)",
     "eval": "wall-clock of an evaluation protocol (sync vs async vector envs, threads)",
+    "realtime": "real-time Push-T at 10 Hz: deadline misses, chunk latency, score vs synchronous",
+    "serve": "policy server over loopback: round-trip latency and requests/s",
     "expert": "scripted expert: success rate, episode length, time per episode, route diversity",
 }
 

@@ -90,6 +90,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated subset of {','.join(MODES)} "
                              "(with / without latency compensation)")
     parser.add_argument("--blend", type=int, default=0, help="actions cross-faded at chunk switches")
+    parser.add_argument("--no-refill", action="store_true",
+                        help="do not refill compensated chunks from the longer prediction (see RealtimeRunner)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the policy (default 1)")
     parser.add_argument("--scheduler", default=None, help="diffusion sampler (default: the checkpoint's)")
     parser.add_argument("--sampling-steps", type=int, default=None,
@@ -99,7 +101,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run_realtime(policy, steps: int, rate_hz: float, compensated: bool, blend: int, obs_type: str,
-                 max_episode_steps: int, progress: bool = True) -> dict:
+                 max_episode_steps: int, refill: bool = True, progress: bool = True) -> dict:
     """Episodes from seed 100000 on until ``steps`` ticks ran; aggregated report and per-episode scores."""
     from dpolicy.control.realtime import RealtimeRunner
     from dpolicy.control.robot import SimulatedPushTRobot
@@ -118,8 +120,8 @@ def run_realtime(policy, steps: int, rate_hz: float, compensated: bool, blend: i
 
     bar = tqdm(total=steps, desc=f"realtime {'compensated' if compensated else 'naive'}", unit="step",
                disable=not progress, dynamic_ncols=True, mininterval=2.0)
-    with RealtimeRunner(policy, robot, rate_hz=rate_hz, latency_compensation=compensated,
-                        blend_steps=blend) as runner:
+    with RealtimeRunner(policy, robot, rate_hz=rate_hz, latency_compensation=compensated, blend_steps=blend,
+                        refill_from_prediction=refill) as runner:
         while ticks < steps:
             seed = TEST_START_SEED + len(seeds)
             robot.reset(seed=seed)
@@ -145,7 +147,8 @@ def run_realtime(policy, steps: int, rate_hz: float, compensated: bool, blend: i
 
     return {"mode": "compensated" if compensated else "naive", "episodes": len(seeds), "seeds": seeds,
             "deadline_ms": runner.deadline_s * 1000.0,
-            "score": float(np.mean(scores)), "success_rate": float(np.mean(successes)), **totals,
+            "score": float(np.mean(scores)), "success_rate": float(np.mean(successes)), "episode_scores": scores,
+            **totals,
             "latency_p50_ms": pct(latencies, 50), "latency_p99_ms": pct(latencies, 99),
             "lateness_p50_ms": pct(lateness, 50), "lateness_p99_ms": pct(lateness, 99),
             "max_lateness_ms": max(lateness, default=float("nan")) * 1000.0,
@@ -194,14 +197,16 @@ def run(args: argparse.Namespace) -> int:
     sampler = (f"{policy.inference_scheduler_name} x{policy.num_inference_steps}"
                if hasattr(policy, "inference_scheduler_name") else type(policy).__name__)
     print(f"policy: {label}; {sampler}; {args.threads} torch thread(s); rate {args.rate:g} Hz; "
-          f"extra delay {args.delay * 1000:.0f} ms per chunk")
+          f"extra delay {args.delay * 1000:.0f} ms per chunk; blend {args.blend}; "
+          f"refill from prediction {'off' if args.no_refill else 'on'}")
     served = SlowedPolicy(policy, args.delay) if args.delay > 0 else policy
     results = {"checkpoint": str(checkpoint), "trained": trained, "rate_hz": args.rate, "delay_s": args.delay,
-               "threads": args.threads, "sampler": sampler, "modes": []}
+               "threads": args.threads, "sampler": sampler, "blend": args.blend,
+               "refill_from_prediction": not args.no_refill, "modes": []}
     for mode in modes:
         start = time.perf_counter()
         figures = run_realtime(served, args.steps, args.rate, mode == "compensated", args.blend, obs_type,
-                               max_steps)
+                               max_steps, refill=not args.no_refill)
         figures["wall_s"] = time.perf_counter() - start
         results["modes"].append(figures)
         print(format_mode(figures))

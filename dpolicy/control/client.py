@@ -35,6 +35,8 @@ WIRE_DTYPES = ("<f4", "<f8", "|u1", "<i4", "<i8")
 #: Most arrays in one message and most dimensions per array.
 MAX_ARRAYS = 64
 MAX_NDIM = 8
+#: Largest JSON header accepted.
+MAX_HEADER_BYTES = 64 * 1024
 #: Environment variable holding the shared token, read by the client and by ``dpolicy serve``.
 TOKEN_ENV = "DPOLICY_SERVE_TOKEN"
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
@@ -69,24 +71,28 @@ def encode_message(header: Mapping, arrays: Mapping[str, np.ndarray] | None = No
     return [json.dumps(header, separators=(",", ":")).encode("utf-8"), *frames]
 
 
-def decode_message(frames: list[bytes]) -> tuple[dict, dict[str, np.ndarray]]:
-    """Multipart frames -> (header, {name: array}); raises :class:`ProtocolError` with the reason."""
-    if not frames:
-        raise ProtocolError("empty message")
+def decode_header(frame: bytes) -> dict:
+    """Frame 0 -> the header dict; raises :class:`ProtocolError` with the reason."""
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(frame)} bytes exceeds {MAX_HEADER_BYTES} bytes")
     try:
-        header = json.loads(bytes(frames[0]).decode("utf-8"))
+        header = json.loads(bytes(frame).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"frame 0 must be a UTF-8 JSON object (the header): {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"the header must be a JSON object, got {type(header).__name__}")
+    return header
+
+
+def decode_arrays(header: Mapping, frames: list[bytes]) -> dict[str, np.ndarray]:
+    """The data frames described by ``header["arrays"]`` -> {name: array}; raises :class:`ProtocolError`."""
     specs = header.get("arrays", [])
     if not isinstance(specs, list) or len(specs) > MAX_ARRAYS:
         raise ProtocolError(f"header 'arrays' must be a list of at most {MAX_ARRAYS} entries")
-    if len(specs) != len(frames) - 1:
-        raise ProtocolError(f"header lists {len(specs)} arrays but the message has {len(frames) - 1} "
-                            "data frames")
+    if len(specs) != len(frames):
+        raise ProtocolError(f"header lists {len(specs)} arrays but the message has {len(frames)} data frames")
     arrays: dict[str, np.ndarray] = {}
-    for i, (spec, frame) in enumerate(zip(specs, frames[1:], strict=True)):
+    for i, (spec, frame) in enumerate(zip(specs, frames, strict=True)):
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise ProtocolError(f"array entry {i} must be an object with a string 'name'")
         name = spec["name"]
@@ -105,7 +111,15 @@ def decode_message(frames: list[bytes]) -> tuple[dict, dict[str, np.ndarray]]:
             raise ProtocolError(f"array {name!r}: {len(frame)} bytes for dtype {dtype} and shape {shape}, "
                                 f"expected {expected}")
         arrays[name] = np.frombuffer(frame, dtype=dtype).reshape(shape).copy()
-    return header, arrays
+    return arrays
+
+
+def decode_message(frames: list[bytes]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Multipart frames -> (header, {name: array}); raises :class:`ProtocolError` with the reason."""
+    if not frames:
+        raise ProtocolError("empty message")
+    header = decode_header(frames[0])
+    return header, decode_arrays(header, frames[1:])
 
 
 class PolicyClient:

@@ -9,8 +9,9 @@ are those of :class:`~dpolicy.control.controller.ChunkController`; this module a
 - every chunk is stamped with the capture time of the observation it was planned from; action
   ``j`` of a chunk belongs to time ``stamp + j * period``. With latency compensation (default)
   actions whose time has passed when the chunk arrives, or later, are dropped, so the robot
-  executes the part of the plan meant for "now"; without it a chunk is executed from its start
-  when it arrives (the naive behaviour, actions run late by the inference latency);
+  executes the part of the plan meant for "now", topped up to Ta actions from the policy's longer
+  predicted sequence (``action_pred``); without it a chunk is executed from its start when it
+  arrives (the naive behaviour, actions run late by the inference latency);
 - the next chunk is requested while enough actions remain queued to cover the measured latency
   (``request_threshold``), so the queue does not run dry; ``blend_steps`` cross-fades the first
   actions of a new chunk with the old plan's actions for the same ticks;
@@ -115,6 +116,7 @@ class ChunkResult:
     finished_at: float
     chunk: np.ndarray | None  # (Ta, D), None when the policy raised
     error: str | None = None
+    plan: np.ndarray | None = None  # action_pred[To-1:] (Tp - To + 1, D) when the policy returns it
 
     @property
     def latency_s(self) -> float:
@@ -190,13 +192,15 @@ class InferenceWorker:
                     return
                 request_id, window, stamp, requested_at = self._request
                 self._request = None
-            chunk, error = None, None
+            chunk, plan, error = None, None, None
             try:
                 out = self.policy.predict_action(window)
                 chunk = as_numpy(out["action"])[0].astype(np.float64)
+                if "action_pred" in out:  # the plan from the observed step on; starts with the chunk
+                    plan = as_numpy(out["action_pred"])[0, self.policy.n_obs_steps - 1:].astype(np.float64)
             except Exception as exc:  # reported to the control loop, which keeps running
                 error = f"{type(exc).__name__}: {exc}"
-            result = ChunkResult(request_id, stamp, requested_at, self.clock(), chunk, error)
+            result = ChunkResult(request_id, stamp, requested_at, self.clock(), chunk, error, plan)
             with self._cond:
                 self._result = result
                 self._busy = False
@@ -305,6 +309,9 @@ class RealtimeRunner:
             (default) derives it from the measured latency: ``ceil(latency / period) + 1``, using
             the largest of the last 5 chunk latencies.
         blend_steps: cross-fade this many actions of a new chunk with the old plan (0: switch).
+        refill_from_prediction: when latency compensation drops the late head of a chunk, take
+            the actions after the chunk from the policy's longer predicted sequence
+            (``action_pred``), so that every chunk still offers Ta on-time actions.
         limits: safety limits (default: :meth:`SafetyLimits.for_robot`).
         watchdog_s: when a requested chunk has not arrived after this long, report it (event
             ``watchdog``) and hold the last safe command until one arrives.
@@ -315,7 +322,8 @@ class RealtimeRunner:
 
     def __init__(self, policy, robot: Robot, rate_hz: float = 10.0, *, latency_compensation: bool = True,
                  request_threshold: int | None = None, blend_steps: int = 0,
-                 limits: SafetyLimits | None = None, watchdog_s: float = 1.0, deadline_s: float | None = None,
+                 refill_from_prediction: bool = True, limits: SafetyLimits | None = None,
+                 watchdog_s: float = 1.0, deadline_s: float | None = None,
                  on_event: Callable[[RealtimeEvent], None] | None = None):
         if not rate_hz > 0:
             raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
@@ -336,6 +344,7 @@ class RealtimeRunner:
         self.watchdog_s = float(watchdog_s)
         self.deadline_s = 0.5 * self.period_s if deadline_s is None else float(deadline_s)
         self.on_event = on_event
+        self.refill_from_prediction = bool(refill_from_prediction)
         self.worker = InferenceWorker(policy, self.clock)
         self._stop = threading.Event()
         self._next_request_id = 0
@@ -522,16 +531,22 @@ class RealtimeRunner:
                         "holding the last safe command")
             return
         report.chunks_received += 1
+        n_actions = len(chunk)
         start = result.stamp if self.latency_compensation else tick_time
+        plan = result.plan
+        if (self.latency_compensation and self.refill_from_prediction and plan is not None
+                and plan.ndim == 2 and len(plan) > n_actions and np.all(np.isfinite(plan))
+                and np.allclose(plan[:n_actions], chunk)):  # the package's convention: the chunk starts the plan
+            chunk = plan  # the chunk, then what the policy planned after it
         times = start + np.arange(len(chunk)) * self.period_s
         fresh = times >= tick_time - 0.5 * self.period_s
-        report.actions_dropped += int((~fresh).sum())
+        report.actions_dropped += int((~fresh).sum())  # the late head (times increase along the plan)
         if not fresh.any():
             report.chunks_stale += 1
             self._event(tick_time, "chunk_stale", f"chunk {result.request_id} arrived after all its actions' "
                         f"times had passed (latency {result.latency_s * 1000:.0f} ms)")
             return
-        chunk, times = chunk[fresh], times[fresh]
+        chunk, times = chunk[fresh][:n_actions], times[fresh][:n_actions]  # at most Ta on-time actions
         chunk = self._blend(chunk, times)
         self.controller.set_chunks([0], chunk[None])
         self._queue_times = times

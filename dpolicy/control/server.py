@@ -34,7 +34,8 @@ from dpolicy.control.client import (
     PROTOCOL_VERSION,
     TOKEN_ENV,
     ProtocolError,
-    decode_message,
+    decode_arrays,
+    decode_header,
     encode_message,
 )
 from dpolicy.control.realtime import as_numpy
@@ -95,6 +96,8 @@ class PolicyServer:
 
         if not hasattr(policy, "predict_action"):
             raise TypeError(f"policy {type(policy).__name__} has no predict_action(obs) method")
+        if not isinstance(getattr(policy, "n_obs_steps", None), (int, np.integer)):
+            raise TypeError(f"policy {type(policy).__name__} needs an integer n_obs_steps (clients read it)")
         if token is not None and not token:
             raise ValueError("token must be a non-empty string or None")
         check_exposure(address, token)
@@ -205,13 +208,16 @@ class PolicyServer:
             envelopes.append(envelope)
             request_id = None
             try:
+                if not body:
+                    raise ProtocolError("empty message")
+                header = decode_header(body[0])
+                request_id = header.get("id")  # known from here on, so that the error reaches the client
                 size = sum(len(f) for f in body)
                 if size > self.max_request_bytes:
                     raise ProtocolError(f"request of {size} bytes exceeds the server's limit of "
                                         f"{self.max_request_bytes} bytes")
-                header, arrays = decode_message(body)
-                request_id = header.get("id")
                 self._check_header(header)
+                arrays = decode_arrays(header, body[1:])
                 if header["op"] == "predict":
                     predicts.append((index, header, arrays))
                     continue
