@@ -48,7 +48,8 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         """Scalar training loss for a batch in env units."""
 
     @abc.abstractmethod
-    def sample_actions(self, nobs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def sample_actions(self, nobs: dict[str, torch.Tensor], generator: torch.Generator | None = None
+                       ) -> torch.Tensor:
         """Normalized action sequence (B, Tp, action_dim) from normalized obs (B, To, ...)."""
 
     # -------------------------------------------------------------- shared
@@ -88,16 +89,16 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         return out, bool(unbatched)
 
     @torch.no_grad()
-    def predict_action(self, obs: Mapping) -> dict[str, torch.Tensor]:
+    def predict_action(self, obs: Mapping, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Plan from the last To observations (env units in, env units out).
 
         Returns ``action`` (B, Ta, D): the executable chunk, actions To-1 .. To-1+Ta of the plan,
         and ``action_pred`` (B, Tp, D): the whole predicted sequence. Without a batch dimension
-        in ``obs`` the outputs have none either.
+        in ``obs`` the outputs have none either. ``generator`` seeds the policy's sampling noise.
         """
         nobs_raw, unbatched = self.prepare_obs(obs)
         nobs = {k: self.normalizer.normalize(k, v) for k, v in nobs_raw.items()}
-        naction = self.sample_actions(nobs)
+        naction = self.sample_actions(nobs, generator=generator)
         action_pred = self.normalizer.unnormalize("action", naction)
         start = self.n_obs_steps - 1
         action = action_pred[:, start:start + self.n_action_steps]

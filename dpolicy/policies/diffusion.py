@@ -75,7 +75,6 @@ class DiffusionPolicy(Policy):
         self.fast_sampling = bool(fast_sampling)
         self.inference_scheduler_name = inference_scheduler
         self._sampler: ReverseDiffusion | None = None
-        self._predict_generator: torch.Generator | None = None
         self.set_inference(inference_scheduler, num_inference_steps or num_train_timesteps)
 
     # ------------------------------------------------------------------ sampling setup
@@ -151,7 +150,6 @@ class DiffusionPolicy(Policy):
         The observations are encoded once; the FiLM parameters of every denoising step are
         precomputed, so each step runs only the UNet's convolutions and the scheduler update.
         """
-        generator = generator if generator is not None else self._predict_generator
         sampler = self._sampler
         with torch.inference_mode():
             global_cond = self.obs_encoder(nobs)
@@ -165,12 +163,3 @@ class DiffusionPolicy(Policy):
                             dtype=global_cond.dtype)
             x = sampler(denoise, x, generator)
         return x.clone()  # a normal tensor again (not an inference tensor)
-
-    def predict_action(self, obs: Mapping, generator: torch.Generator | None = None
-                       ) -> dict[str, torch.Tensor]:
-        """:meth:`Policy.predict_action`, optionally drawing the sampling noise from ``generator``."""
-        self._predict_generator = generator
-        try:
-            return super().predict_action(obs)
-        finally:
-            self._predict_generator = None
