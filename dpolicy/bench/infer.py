@@ -4,6 +4,9 @@ One row per (UNet configuration, batch size, schedule, update). The time covers 
 normalization, observation encoding (once per chunk), the K denoising steps and unnormalization.
 ``update`` is ``fast`` (precomputed DDPM/DDIM coefficients, the default) or ``diffusers``
 (``scheduler.step`` every step), to show what the scheduler bookkeeping costs.
+
+``--checkpoint PATH`` times a trained policy instead of the presets: by default with the sampler
+saved in its checkpoint (``--schedules`` overrides it), on random observations of its own shapes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from dpolicy.models.noise_schedulers import (
 )
 
 
+DEFAULT_SCHEDULES = [("ddpm", 100), ("ddim", 10)]
+
+
 def _schedule(text: str) -> tuple[str, int]:
     name, _, steps = text.partition(":")
     if not steps.isdigit():
@@ -31,10 +37,28 @@ def _schedule(text: str) -> tuple[str, int]:
 def configure(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 50])
-    parser.add_argument("--schedules", type=_schedule, nargs="+", default=[("ddpm", 100), ("ddim", 10)],
-                        help="scheduler:steps pairs (default: ddpm:100 ddim:10)")
+    parser.add_argument("--schedules", type=_schedule, nargs="+", default=None,
+                        help="scheduler:steps pairs (default: ddpm:100 ddim:10; with --checkpoint: its saved "
+                             "sampler)")
     parser.add_argument("--compare-diffusers", choices=["none", "batch1", "all"], default="batch1",
                         help="also time diffusers' scheduler.step loop (default: at batch 1)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="time this trained diffusion policy (its own sampler unless --schedules is "
+                             "given) instead of the --configs presets")
+
+
+def random_observations(policy, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A batch of observations shaped like ``policy.shape_meta``: low-dim values spread over the
+    normalizer's range, images as floats in [0, 1]."""
+    obs = {}
+    for key, item in policy.shape_meta["obs"].items():
+        shape = (batch, policy.n_obs_steps, *[int(s) for s in item["shape"]])
+        if item.get("type", "low_dim") == "rgb":
+            obs[key] = torch.rand(shape, generator=generator)
+        else:
+            unit = torch.rand(shape, generator=generator) * 2 - 1
+            obs[key] = policy.normalizer.unnormalize(key, unit)
+    return obs
 
 
 def time_chunks(policy, obs: dict, seconds: float) -> tuple[list[float], float]:
@@ -63,10 +87,14 @@ def time_scheduler_updates(scheduler: str, steps: int, fast: bool, horizon: int,
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     note = setup_threads(args)
     seconds = 3.0 if args.seconds is None else args.seconds
+    if args.checkpoint:
+        return run_checkpoint(args, seconds, note)
+    from tqdm import tqdm
+
+    args.schedules = args.schedules or DEFAULT_SCHEDULES
+
     print(f"dpolicy bench infer: horizon {args.horizon}, To {args.n_obs_steps}, obs {OBS_DIM}; {note}")
     jobs = []
     for name in model_configs(args):
@@ -105,4 +133,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {scheduler}-{steps}: fast {fast_s * 1e6:.0f} us, diffusers step {slow_s * 1e6:.0f} us")
     print("original implementation on this kind of 2-core CPU (design notes): paper UNet at batch 1, "
           "~6 s with DDPM-100, ~0.6 s with DDIM-10")
+    return 0
+
+
+def run_checkpoint(args: argparse.Namespace, seconds: float, note: str) -> int:
+    """Chunk latency of a trained policy: one row per batch size (and schedule, when given)."""
+    from dpolicy.policies.diffusion import DiffusionPolicy
+    from dpolicy.training.checkpoint import load_policy
+
+    policy, _ = load_policy(args.checkpoint, device="cpu")
+    if not isinstance(policy, DiffusionPolicy):
+        raise SystemExit(f"{args.checkpoint}: --checkpoint times diffusion policies, got {type(policy).__name__}")
+    saved = (policy.inference_scheduler_name, policy.num_inference_steps)
+    schedules = args.schedules or [saved]
+    print(f"dpolicy bench infer: {args.checkpoint} (UNet {policy.model.down_dims}, saved sampler "
+          f"{saved[0]}-{saved[1]}, horizon {policy.horizon}, To {policy.n_obs_steps}); {note}")
+    print(f"{'batch':>6}  {'schedule':<10}{'median ms':>10}{'p90 ms':>9}{'min ms':>9}{'cpu ms':>9}{'reps':>6}")
+    generator = torch.Generator().manual_seed(0)
+    for batch in args.batch_sizes:
+        obs = random_observations(policy, batch, generator)
+        for scheduler, steps in schedules:
+            policy.set_inference(scheduler, steps)
+            policy.predict_action(obs)  # warm-up
+            times, cpu = time_chunks(policy, obs, seconds)
+            print(f"{batch:>6}  {scheduler + '-' + str(steps):<10}{times[len(times) // 2] * 1e3:>10.1f}"
+                  f"{times[int(0.9 * (len(times) - 1))] * 1e3:>9.1f}{times[0] * 1e3:>9.1f}{cpu * 1e3:>9.1f}"
+                  f"{len(times):>6}")
+    print("median/p90/min ms: wall-clock per predicted chunk (observation encoding, denoising, unnormalization)")
     return 0

@@ -1,0 +1,75 @@
+"""The one-CPU-hour recipe: the default config is it, its latency can be measured from a checkpoint,
+and results over training seeds are summarised as the README's table and plot."""
+
+import argparse
+import json
+
+import pytest
+
+from dpolicy.experiments import recipe
+from dpolicy.training.config import compose_config
+
+
+def test_default_config_is_the_one_cpu_hour_recipe():
+    cfg = compose_config("pusht_lowdim", [])
+    t = cfg.training
+    assert t.max_minutes <= 60 and t.num_threads == 1 and t.bf16 is True
+    assert 0 < t.eval_every < t.max_steps  # periodic rollouts for the score-vs-minutes curve
+    assert cfg.task.dataset.max_train_episodes is None  # all 206 human episodes
+    # the baselines and image configs keep their own budgets
+    ibc = compose_config("ibc_pusht_lowdim", [])
+    assert ibc.training.bf16 is False and ibc.training.eval_every == 0
+
+
+def fake_run(root, name, scores, paper=None, large=None, minutes=55.0, steps=24000):
+    run = root / name
+    (run / "eval").mkdir(parents=True)
+    lines = [json.dumps({"step": 50, "train_loss": 0.5, "elapsed_min": 0.1})]
+    lines += [json.dumps({"step": 100 * (i + 1), "elapsed_min": 5.0 * (i + 1), "eval/score": s})
+              for i, s in enumerate(scores)]
+    (run / "log.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "summary.json").write_text(json.dumps({"step": steps, "train_minutes": minutes}))
+    for protocol, metrics in (("paper", paper), ("large", large)):
+        if metrics is not None:
+            (run / "eval" / f"latest_{protocol}").mkdir()
+            (run / "eval" / f"latest_{protocol}" / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_recipe_table_averages_seeds_and_lists_each(tmp_path, capsys):
+    runs = [fake_run(tmp_path, "s0", [0.5, 0.9], {"score": 0.90}, {"success_rate": 0.60}, minutes=54.0),
+            fake_run(tmp_path, "s1", [0.6, 0.9], {"score": 0.94}, {"success_rate": 0.70}, minutes=56.0)]
+    ibc = fake_run(tmp_path, "ibc", [], {"score": 0.3}, None, minutes=17.0, steps=4400)
+    plot = tmp_path / "plot.png"
+    assert recipe.main(["--group", f"DP={runs[0]},{runs[1]}", "--group", f"IBC={ibc}",
+                        "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    dp_row = next(line for line in out.splitlines() if line.startswith("| DP"))
+    assert "| 2 | 24000 | 54.0-56.0 |" in dp_row
+    assert "0.920 +- 0.028" in dp_row and "0.650 +- 0.071" in dp_row  # sample std over the two seeds
+    assert "0.900, 0.940 / 60.0%, 70.0%" in dp_row
+    ibc_row = next(line for line in out.splitlines() if line.startswith("| IBC"))
+    assert "| 0.300 | - |" in ibc_row  # one seed, no large-protocol evaluation yet
+    assert plot.stat().st_size > 10_000
+
+
+def test_recipe_names_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="log.jsonl"):
+        recipe.run_figures(tmp_path)
+    with pytest.raises(SystemExit):
+        recipe.main(["--group", "no-equals-sign"])
+
+
+def test_infer_bench_times_a_trained_checkpoint(tmp_path, capsys):
+    from dpolicy.bench import infer
+    from dpolicy.bench.realtime import untrained_checkpoint
+
+    checkpoint = untrained_checkpoint(tmp_path / "tiny.pt", overrides=(
+        "policy.down_dims=[16,32]", "policy.step_embed_dim=16", "policy.num_inference_steps=3"))
+    parser = argparse.ArgumentParser()
+    infer.configure(parser)
+    assert infer.run(parser.parse_args(["--checkpoint", str(checkpoint), "--batch-sizes", "1", "2",
+                                        "--seconds", "0.05", "--threads", "1"])) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith(("1 ", "2 "))]
+    assert [(r[0], r[1]) for r in rows] == [("1", "ddim-3"), ("2", "ddim-3")]  # the checkpoint's own sampler
+    assert all(float(r[2]) > 0 for r in rows)
