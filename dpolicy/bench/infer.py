@@ -23,7 +23,6 @@ from dpolicy.models.noise_schedulers import (
     make_training_scheduler,
 )
 
-
 DEFAULT_SCHEDULES = [("ddpm", 100), ("ddim", 10)]
 
 
