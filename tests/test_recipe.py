@@ -73,3 +73,18 @@ def test_infer_bench_times_a_trained_checkpoint(tmp_path, capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith(("1 ", "2 "))]
     assert [(r[0], r[1]) for r in rows] == [("1", "ddim-3"), ("2", "ddim-3")]  # the checkpoint's own sampler
     assert all(float(r[2]) > 0 for r in rows)
+
+
+def test_infer_bench_times_an_ibc_checkpoint_and_refuses_schedules_for_it(tmp_path, capsys):
+    from dpolicy.bench import infer
+    from dpolicy.bench.realtime import untrained_checkpoint
+
+    checkpoint = untrained_checkpoint(tmp_path / "ibc.pt", config="ibc_pusht_lowdim", overrides=(
+        "policy.hidden_dim=16", "policy.dfo_samples=8"))
+    parser = argparse.ArgumentParser()
+    infer.configure(parser)
+    assert infer.run(parser.parse_args(["--checkpoint", str(checkpoint), "--batch-sizes", "1",
+                                        "--seconds", "0.05"])) == 0
+    assert "IbcPolicy" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="diffusion"):
+        infer.run(parser.parse_args(["--checkpoint", str(checkpoint), "--schedules", "ddim:5"]))

@@ -42,8 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-diffusers", choices=["none", "batch1", "all"], default="batch1",
                         help="also time diffusers' scheduler.step loop (default: at batch 1)")
     parser.add_argument("--checkpoint", default=None,
-                        help="time this trained diffusion policy (its own sampler unless --schedules is "
-                             "given) instead of the --configs presets")
+                        help="time this trained policy instead of the --configs presets (a diffusion policy "
+                             "with its own sampler unless --schedules is given)")
 
 
 def random_observations(policy, batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -136,27 +136,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_checkpoint(args: argparse.Namespace, seconds: float, note: str) -> int:
-    """Chunk latency of a trained policy: one row per batch size (and schedule, when given)."""
+    """Chunk latency of a trained policy: one row per batch size (and schedule, for diffusion policies)."""
     from dpolicy.policies.diffusion import DiffusionPolicy
     from dpolicy.training.checkpoint import load_policy
 
     policy, _ = load_policy(args.checkpoint, device="cpu")
-    if not isinstance(policy, DiffusionPolicy):
-        raise SystemExit(f"{args.checkpoint}: --checkpoint times diffusion policies, got {type(policy).__name__}")
-    saved = (policy.inference_scheduler_name, policy.num_inference_steps)
-    schedules = args.schedules or [saved]
-    print(f"dpolicy bench infer: {args.checkpoint} (UNet {policy.model.down_dims}, saved sampler "
-          f"{saved[0]}-{saved[1]}, horizon {policy.horizon}, To {policy.n_obs_steps}); {note}")
+    if isinstance(policy, DiffusionPolicy):
+        saved = (policy.inference_scheduler_name, policy.num_inference_steps)
+        schedules = args.schedules or [saved]
+        what = f"UNet {policy.model.down_dims}, saved sampler {saved[0]}-{saved[1]}"
+    else:
+        if args.schedules:
+            raise SystemExit(f"{args.checkpoint}: --schedules applies to diffusion policies, "
+                             f"this is a {type(policy).__name__}")
+        schedules, what = [None], type(policy).__name__
+    print(f"dpolicy bench infer: {args.checkpoint} ({what}, horizon {policy.horizon}, To {policy.n_obs_steps}, "
+          f"Ta {policy.n_action_steps}); {note}")
     print(f"{'batch':>6}  {'schedule':<10}{'median ms':>10}{'p90 ms':>9}{'min ms':>9}{'cpu ms':>9}{'reps':>6}")
     generator = torch.Generator().manual_seed(0)
     for batch in args.batch_sizes:
         obs = random_observations(policy, batch, generator)
-        for scheduler, steps in schedules:
-            policy.set_inference(scheduler, steps)
+        for schedule in schedules:
+            if schedule is not None:
+                policy.set_inference(*schedule)
             policy.predict_action(obs)  # warm-up
             times, cpu = time_chunks(policy, obs, seconds)
-            print(f"{batch:>6}  {scheduler + '-' + str(steps):<10}{times[len(times) // 2] * 1e3:>10.1f}"
+            label = "-".join(map(str, schedule)) if schedule is not None else "own"
+            print(f"{batch:>6}  {label:<10}{times[len(times) // 2] * 1e3:>10.1f}"
                   f"{times[int(0.9 * (len(times) - 1))] * 1e3:>9.1f}{times[0] * 1e3:>9.1f}{cpu * 1e3:>9.1f}"
                   f"{len(times):>6}")
-    print("median/p90/min ms: wall-clock per predicted chunk (observation encoding, denoising, unnormalization)")
+    print("median/p90/min ms: wall-clock per predicted chunk (observation encoding, sampling, unnormalization)")
     return 0
