@@ -64,10 +64,11 @@ def markdown_table(groups: dict[str, list[dict]]) -> str:
         minutes = [r["minutes"] for r in runs if r["minutes"] is not None]
         minutes_text = f"{min(minutes):.1f}-{max(minutes):.1f}" if minutes else "-"
         steps = sorted({r["steps"] for r in runs if r["steps"] is not None})
+        steps_text = f"{steps[0]}-{steps[-1]}" if len(steps) > 1 else (str(steps[0]) if steps else "-")
         per_seed = ", ".join(
             f"{r['score']:.3f}" if r["score"] is not None else "-" for r in runs) + " / " + ", ".join(
             f"{r['success']:.1%}" if r["success"] is not None else "-" for r in runs)
-        lines.append(f"| {label} | {len(runs)} | {'-'.join(map(str, steps)) or '-'} | "
+        lines.append(f"| {label} | {len(runs)} | {steps_text} | "
                      f"{minutes_text} | "
                      f"{_mean_std([r['score'] for r in runs])} | {_mean_std([r['success'] for r in runs])} | "
                      f"{per_seed} |")
