@@ -40,8 +40,8 @@ def run_figures(run_dir: Path) -> dict:
     summary = _read_json(run_dir / "summary.json") or {}
     paper = _read_json(run_dir / "eval" / "latest_paper" / "metrics.json") or {}
     large = _read_json(run_dir / "eval" / "latest_large" / "metrics.json") or {}
-    curve = [(r["elapsed_min"], r["eval/score"]) for r in read_log(run_dir / "log.jsonl")
-             if "eval/score" in r and "elapsed_min" in r]
+    curve = [(r["elapsed_min"], r["eval/score"], r.get("eval/success_rate", math.nan))
+             for r in read_log(run_dir / "log.jsonl") if "eval/score" in r and "elapsed_min" in r]
     return {"run": str(run_dir), "steps": summary.get("step"), "minutes": summary.get("train_minutes"),
             "score": paper.get("score"), "success": large.get("success_rate"),
             "latency_ms": large.get("latency_p50_ms"), "curve": curve}
@@ -76,38 +76,41 @@ def markdown_table(groups: dict[str, list[dict]]) -> str:
 
 
 def plot_score_vs_minutes(groups: dict[str, list[dict]], out_path: Path, target: float | None = 0.91) -> Path:
-    """Periodic-rollout score against training minutes: each seed thin, the seed mean +- std bold."""
+    """Periodic-rollout score and success rate against training minutes: each seed thin, the seed
+    mean +- std bold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for (label, runs), color in zip(groups.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"],
-                                    strict=False):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (label, runs), color in zip(groups.items(), colors, strict=False):
         curves = [r["curve"] for r in runs if r["curve"]]
-        for curve in curves:
-            xs, ys = zip(*curve, strict=True)
-            ax.plot(xs, ys, color=color, alpha=0.3, lw=1)
         n = min((len(c) for c in curves), default=0)
-        if n:  # the rollouts happen at the same steps in every seed: average them point by point
-            xs = np.mean([[p[0] for p in c[:n]] for c in curves], axis=0)
-            ys = np.array([[p[1] for p in c[:n]] for c in curves])
-            ax.plot(xs, ys.mean(axis=0), color=color, lw=2, marker="o", ms=3, label=f"{label} ({len(curves)} seeds)")
-            if len(curves) > 1:
-                std = ys.std(axis=0, ddof=1)
-                ax.fill_between(xs, ys.mean(axis=0) - std, ys.mean(axis=0) + std, color=color, alpha=0.15)
+        for column, ax in enumerate(axes, start=1):
+            for curve in curves:
+                ax.plot([p[0] for p in curve], [p[column] for p in curve], color=color, alpha=0.3, lw=1)
+            if n:  # the rollouts happen at the same steps in every seed: average them point by point
+                xs = np.mean([[p[0] for p in c[:n]] for c in curves], axis=0)
+                ys = np.array([[p[column] for p in c[:n]] for c in curves])
+                ax.plot(xs, ys.mean(axis=0), color=color, lw=2, marker="o", ms=3,
+                        label=f"{label} ({len(curves)} seeds)")
+                if len(curves) > 1:
+                    std = ys.std(axis=0, ddof=1)
+                    ax.fill_between(xs, ys.mean(axis=0) - std, ys.mean(axis=0) + std, color=color, alpha=0.15)
     if target is not None and math.isfinite(target):
-        ax.axhline(target, color="gray", ls="--", lw=1, label=f"paper, mean of last 10 checkpoints ({target})")
-    ax.set_xlabel("training wall-clock (minutes, one CPU core)")
-    ax.set_ylabel("score (mean max coverage, paper seeds)")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+        axes[0].axhline(target, color="gray", ls="--", lw=1, label=f"paper, mean of last 10 checkpoints ({target})")
+    for ax, name in zip(axes, ["score (mean max coverage)", "success rate (coverage > 0.95)"], strict=True):
+        ax.set_xlabel("training wall-clock (minutes, one CPU core)")
+        ax.set_ylabel(f"{name}, 50 paper seeds")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=120)
+    fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
 
