@@ -44,7 +44,7 @@ def run_figures(run_dir: Path) -> dict:
              for r in read_log(run_dir / "log.jsonl") if "eval/score" in r and "elapsed_min" in r]
     return {"run": str(run_dir), "steps": summary.get("step"), "minutes": summary.get("train_minutes"),
             "score": paper.get("score"), "success": large.get("success_rate"),
-            "latency_ms": large.get("latency_p50_ms"), "curve": curve}
+            "curve": curve}
 
 
 def _mean_std(values: list) -> str:
