@@ -50,3 +50,22 @@ def test_eval_command_writes_metrics_csv_video_and_grid(checkpoint, tmp_path, ca
 def test_default_output_folder_sits_in_the_run_folder(checkpoint):
     assert default_out_dir(checkpoint, "paper") == checkpoint.parent.parent / "eval" / "latest_paper"
     assert default_out_dir(checkpoint, "1,2").name == "latest_seeds"
+
+
+@pytest.mark.parametrize("action_steps, plans", [(None, 3), (12, 2), (15, 2)])
+def test_action_steps_sets_how_much_of_each_plan_runs(checkpoint, tmp_path, action_steps, plans):
+    out = tmp_path / "eval"
+    args = ["eval", str(checkpoint), "--protocol", "100000", "--max-steps", "24", "--vector", "sync",
+            "--videos", "0", "--out", str(out), "--no-progress", "--inference-steps", "1"]
+    if action_steps is not None:
+        args += ["--action-steps", str(action_steps)]
+    assert main(args) == 0
+    assert json.loads((out / "metrics.json").read_text())["action_steps"] == (action_steps or 8)
+    episode = (out / "episodes.csv").read_text().splitlines()
+    n_plans = int(episode[1].split(",")[episode[0].split(",").index("n_plans")])
+    assert n_plans == plans
+
+
+def test_action_steps_beyond_the_plan_are_refused(checkpoint, tmp_path):
+    with pytest.raises(SystemExit, match=r"1\.\.15"):
+        main(["eval", str(checkpoint), "--protocol", "100000", "--action-steps", "16", "--out", str(tmp_path)])

@@ -35,6 +35,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replan-threshold", type=int, default=0,
                         help="plan a new chunk when this many actions are still queued "
                              "(default 0: at the end of each chunk)")
+    parser.add_argument("--action-steps", type=int, default=None,
+                        help="actions executed from each plan before the next one (default: the checkpoint's "
+                             "n_action_steps; at most horizon - n_obs_steps + 1)")
     parser.add_argument("--sampler", default=None,
                         help="diffusion sampling scheduler, e.g. ddim or ddpm (default: the checkpoint's)")
     parser.add_argument("--inference-steps", type=int, default=None,
@@ -96,6 +99,11 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"--sampler/--inference-steps: {type(policy).__name__} has no set_inference(); "
                              "only diffusion policies have a sampler to change")
         policy.set_inference(args.sampler, args.inference_steps)
+    if args.action_steps is not None:
+        try:
+            policy.set_action_steps(args.action_steps)
+        except ValueError as err:
+            raise SystemExit(f"--action-steps: {err}") from None
     task = cfg.task
     env_id = args.env_id or str(task.env_id)
     env_kwargs = OmegaConf.to_container(task.env_kwargs, resolve=True) if task.get("env_kwargs") else {}
@@ -107,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
                            progress=not args.no_progress, replan_threshold=args.replan_threshold,
                            policy_seed=args.seed, video_format=args.video_format,
                            metadata={"checkpoint": str(args.checkpoint), "protocol": args.protocol,
-                                     "use_ema": not args.no_ema, **_sampler_info(policy)})
+                                     "use_ema": not args.no_ema, "action_steps": policy.n_action_steps,
+                                     **_sampler_info(policy)})
     except EvaluationInterrupted as stop:
         print("interrupted: results of the finished episodes")
         print(format_summary(stop.metrics))

@@ -42,6 +42,19 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         self.n_action_steps = int(n_action_steps)
         self.action_dim = int(shape_meta["action"]["shape"][0])
 
+    @property
+    def max_action_steps(self) -> int:
+        """Longest executable chunk: the plan's actions from the current step to its end."""
+        return self.horizon - self.n_obs_steps + 1
+
+    def set_action_steps(self, n_action_steps: int) -> None:
+        """Execute ``n_action_steps`` actions of every plan (1 .. :attr:`max_action_steps`); the
+        network is unchanged, only the slice that :meth:`predict_action` returns."""
+        if not 1 <= n_action_steps <= self.max_action_steps:
+            raise ValueError(f"n_action_steps must be in 1..{self.max_action_steps} (horizon {self.horizon}, "
+                             f"{self.n_obs_steps} observation steps), got {n_action_steps}")
+        self.n_action_steps = int(n_action_steps)
+
     # -------------------------------------------------------------- to implement
     @abc.abstractmethod
     def compute_loss(self, batch: Mapping) -> torch.Tensor:
