@@ -345,20 +345,8 @@ def test_simulated_pusht_robot_needs_a_reset_and_a_known_observation_type():
         SimulatedPushTRobot(obs_type="state")
 
 
-def test_realtime_pusht_with_a_diffusion_policy_at_a_higher_rate():
-    import torch
-
-    from dpolicy.data.normalizer import Normalizer
-    from dpolicy.policies.diffusion import DiffusionPolicy
-
-    rng = np.random.default_rng(0)
-    spec = {"obs": {"obs": {"shape": [20], "type": "low_dim"}}, "action": {"shape": [2]}}
-    normalizer = Normalizer.fit({"obs": rng.uniform(0, 512, (64, 20)),
-                                 "action": rng.uniform(0, 512, (64, 2))})
-    torch.manual_seed(0)
-    policy = DiffusionPolicy(spec, normalizer, horizon=16, n_obs_steps=2, n_action_steps=8,
-                             down_dims=(16, 32), step_embed_dim=16, inference_scheduler="ddim",
-                             num_inference_steps=4).eval()
+def test_realtime_pusht_with_a_diffusion_policy_at_a_higher_rate(make_tiny_diffusion_policy):
+    policy = make_tiny_diffusion_policy()
     robot = SimulatedPushTRobot(speed=2.0)  # 20 Hz
     robot.reset(seed=100000)
     with RealtimeRunner(policy, robot, rate_hz=robot.control_hz) as runner:

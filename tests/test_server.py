@@ -198,25 +198,10 @@ def test_client_times_out_when_no_server_answers():
             client.ping()
 
 
-def _tiny_diffusion_policy():
+def test_a_diffusion_policy_over_the_wire_equals_the_local_call_with_the_same_seed(make_tiny_diffusion_policy):
     import torch
 
-    from dpolicy.data.normalizer import Normalizer
-    from dpolicy.policies.diffusion import DiffusionPolicy
-
-    rng = np.random.default_rng(0)
-    spec = {"obs": {"obs": {"shape": [20], "type": "low_dim"}}, "action": {"shape": [2]}}
-    normalizer = Normalizer.fit({"obs": rng.uniform(0, 512, (64, 20)),
-                                 "action": rng.uniform(0, 512, (64, 2))})
-    torch.manual_seed(0)
-    return DiffusionPolicy(spec, normalizer, horizon=8, n_obs_steps=2, n_action_steps=4, down_dims=(16, 32),
-                           step_embed_dim=16, inference_scheduler="ddpm", num_inference_steps=5).eval()
-
-
-def test_a_diffusion_policy_over_the_wire_equals_the_local_call_with_the_same_seed():
-    import torch
-
-    policy = _tiny_diffusion_policy()
+    policy = make_tiny_diffusion_policy(horizon=8, n_action_steps=4, scheduler="ddpm", steps=5)
     obs = {"obs": np.random.default_rng(1).uniform(0, 512, (3, 2, 20)).astype(np.float32)}
     with PolicyServer(policy, "tcp://127.0.0.1:*").start() as srv, PolicyClient(srv.address) as client:
         remote = client.predict_action(obs, seed=11)
