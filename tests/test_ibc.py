@@ -109,3 +109,13 @@ def test_bad_configuration_is_rejected():
         make_policy(sampler="mcmc")
     with pytest.raises(ValueError, match="horizon"):
         make_policy(horizon=1, n_action_steps=1, n_obs_steps=2)
+
+
+def test_action_steps_can_shorten_the_scored_chunk_but_not_lengthen_it():
+    policy = make_policy(horizon=4, n_action_steps=3)
+    with pytest.raises(ValueError, match=r"1\.\.3"):
+        policy.set_action_steps(4)
+    policy.set_action_steps(2)
+    out = policy.predict_action({"obs": torch.zeros(5, 2, 3)}, generator=torch.Generator().manual_seed(0))
+    assert out["action"].shape == (5, 2, 2) and out["action_pred"].shape == (5, 4, 2)
+    torch.testing.assert_close(out["action"], out["action_pred"][:, 1:3])

@@ -80,7 +80,8 @@ class IbcPolicy(Policy):
         self.encoder = ObservationEncoder(
             shape_meta["obs"], self.n_obs_steps, lowdim_mlp=lowdim_mlp, crop_shape=crop_shape,
             num_keypoints=num_keypoints, image_feature_dim=image_feature_dim, share_rgb_encoder=share_rgb_encoder)
-        self.chunk_dim = self.n_action_steps * self.action_dim
+        self.chunk_steps = self.n_action_steps  # actions the energy scores: fixed by the network
+        self.chunk_dim = self.chunk_steps * self.action_dim
         self.energy = EnergyMLP(self.encoder.output_dim, self.chunk_dim, hidden_dim,
                                 n_layers, dropout, residual)
         self.n_counter_examples = int(n_counter_examples)
@@ -92,6 +93,11 @@ class IbcPolicy(Policy):
         self.langevin_steps, self.langevin_step_size = int(langevin_steps), float(langevin_step_size)
         self.langevin_noise_scale = float(langevin_noise_scale)
         self.grad_penalty_weight, self.grad_penalty_margin = float(grad_penalty_weight), float(grad_penalty_margin)
+
+    @property
+    def max_action_steps(self) -> int:
+        """Only the scored chunk is planned: executing fewer of its actions is possible, more is not."""
+        return self.chunk_steps
 
     # ------------------------------------------------------------------ helpers
     def _features(self, nobs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -109,7 +115,7 @@ class IbcPolicy(Policy):
     def compute_loss(self, batch: Mapping) -> torch.Tensor:
         nobs = {k: self.normalizer.normalize(k, v[:, : self.n_obs_steps]) for k, v in batch["obs"].items()}
         start = self.n_obs_steps - 1
-        target = self.normalizer.normalize("action", batch["action"][:, start:start + self.n_action_steps])
+        target = self.normalizer.normalize("action", batch["action"][:, start:start + self.chunk_steps])
         target = target.reshape(target.shape[0], 1, self.chunk_dim)
         bsz = target.shape[0]
         negatives = self._uniform(bsz, self.n_counter_examples)
@@ -168,7 +174,7 @@ class IbcPolicy(Policy):
         feat = self._features(nobs)
         chunk = self._dfo(feat, generator) if self.sampler == "dfo" else self._langevin(feat, generator)
         self.train(was_training)
-        chunk = chunk.reshape(-1, self.n_action_steps, self.action_dim)
+        chunk = chunk.reshape(-1, self.chunk_steps, self.action_dim)
         past = chunk[:, :1].expand(-1, self.n_obs_steps - 1, -1)
-        tail = chunk[:, -1:].expand(-1, self.horizon - (self.n_obs_steps - 1) - self.n_action_steps, -1)
+        tail = chunk[:, -1:].expand(-1, self.horizon - (self.n_obs_steps - 1) - self.chunk_steps, -1)
         return torch.cat([past, chunk, tail], dim=1)
