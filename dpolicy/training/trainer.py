@@ -98,9 +98,11 @@ class Trainer:
             self.ema = EMA(self.policy, power=float(self.tcfg.ema.power), max_value=float(self.tcfg.ema.max_value))
         # bf16 autocast: matrix products in bfloat16, the rest (and the weights) in float32.
         self.use_bf16 = bool(self.tcfg.get("bf16", False))
+        # The fused AdamW kernel: one pass over all parameters instead of a loop of small ops per
+        # tensor (on one CPU core: ~6 instead of ~16 ms per step of the 4.6M-parameter UNet).
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=float(self.tcfg.lr), betas=tuple(self.tcfg.betas),
-            weight_decay=float(self.tcfg.weight_decay))
+            weight_decay=float(self.tcfg.weight_decay), fused=self.ctx.device.type in ("cpu", "cuda"))
         total = int(self.tcfg.max_steps)
         warmup = int(self.tcfg.warmup_steps)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
