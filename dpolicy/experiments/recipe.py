@@ -101,7 +101,7 @@ def plot_score_vs_minutes(groups: dict[str, list[dict]], out_path: Path, target:
                     ax.fill_between(xs, ys.mean(axis=0) - std, ys.mean(axis=0) + std, color=color, alpha=0.15)
     if target is not None and math.isfinite(target):
         axes[0].axhline(target, color="gray", ls="--", lw=1, label=f"paper, mean of last 10 checkpoints ({target})")
-    names = ["score (mean best clip(coverage / 0.95))", "success rate (coverage > 0.95)"]
+    names = ["score (best clip(cov / 0.95))", "success rate (coverage > 0.95)"]
     for ax, name in zip(axes, names, strict=True):
         ax.set_xlabel("training wall-clock (minutes, trainer clock, rollouts included)")
         ax.set_ylabel(f"{name}, 50 paper seeds")
