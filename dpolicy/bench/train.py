@@ -7,7 +7,9 @@ observation encoder, noising, UNet) + backward + AdamW. Variants:
   the original implementation, measured here as the baseline;
 - ``matmul-fp32``: this package's matmul (im2col) convolutions, fused AdamW;
 - ``matmul-bf16``: the same under ``torch.autocast("cpu", dtype=torch.bfloat16)``: matrix products
-  in bf16; normalization, activations, loss and weights in float32.
+  in bf16; normalization, activations, loss and weights in float32;
+- ``compiled-bf16``: ``matmul-bf16`` with the networks through ``torch.compile`` (``training.compile``);
+  its one-off compilation shows in the ``first step`` column.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from dpolicy.data.normalizer import Normalizer
 from dpolicy.policies.diffusion import DiffusionPolicy
+from dpolicy.training.trainer import compile_networks
 
 #: UNet presets: the paper's low-dim model (~66M parameters) and a CPU-sized one (~4.6M).
 PRESETS = {
@@ -35,13 +38,14 @@ VARIANTS = {
     "native-fp32": {"conv_impl": "native", "bf16": False, "fused": False},
     "matmul-fp32": {"conv_impl": "matmul", "bf16": False, "fused": True},
     "matmul-bf16": {"conv_impl": "matmul", "bf16": True, "fused": True},
+    "compiled-bf16": {"conv_impl": "matmul", "bf16": True, "fused": True, "compile": True},
 }
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by the training and inference benchmarks."""
-    parser.add_argument("--configs", nargs="+", choices=sorted(PRESETS), default=["paper", "cpu"],
-                        help="UNet presets to measure (default: paper cpu)")
+    parser.add_argument("--configs", nargs="*", choices=sorted(PRESETS), default=["paper", "cpu"],
+                        help="UNet presets to measure (default: paper cpu; none with --down-dims alone)")
     parser.add_argument("--down-dims", type=lambda s: [int(d) for d in s.split(",")], default=None,
                         help="also measure a custom UNet, e.g. 32,64,128")
     parser.add_argument("--kernel-size", type=int, default=5, help="kernel of the custom UNet")
@@ -59,6 +63,8 @@ def model_configs(args: argparse.Namespace) -> dict[str, dict]:
         configs["custom " + ",".join(map(str, args.down_dims))] = {
             "down_dims": args.down_dims, "kernel_size": args.kernel_size,
             "step_embed_dim": args.step_embed_dim}
+    if not configs:
+        raise SystemExit("nothing to measure: name UNet presets with --configs or a custom UNet with --down-dims")
     return configs
 
 
@@ -90,8 +96,9 @@ def setup_threads(args: argparse.Namespace) -> str:
 
 
 def time_training(policy: DiffusionPolicy, batch: dict, bf16: bool, fused: bool, seconds: float,
-                  warmup: int = 1) -> tuple[float, float, int]:
-    """Wall seconds per training step (median), CPU seconds per step (mean, all threads), steps measured.
+                  warmup: int = 2) -> tuple[float, float, int, float]:
+    """Wall seconds per training step (median), CPU seconds per step (mean, all threads), steps measured,
+    and the wall seconds of the first (warm-up) step.
 
     CPU time is the figure to compare on a busy machine: it does not count waiting for a core.
     """
@@ -106,7 +113,10 @@ def time_training(policy: DiffusionPolicy, batch: dict, bf16: bool, fused: bool,
         loss.backward()
         optimizer.step()
 
-    for _ in range(warmup):
+    t0 = time.perf_counter()
+    step()
+    first_step = time.perf_counter() - t0
+    for _ in range(warmup - 1):
         step()
     times: list[float] = []
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -116,14 +126,15 @@ def time_training(policy: DiffusionPolicy, batch: dict, bf16: bool, fused: bool,
         times.append(time.perf_counter() - t0)
     cpu_per_step = (time.process_time() - cpu_start) / len(times)
     times.sort()
-    return times[len(times) // 2], cpu_per_step, len(times)
+    return times[len(times) // 2], cpu_per_step, len(times), first_step
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="what to measure (default: all)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=[v for v in VARIANTS if not VARIANTS[v].get("compile")],
+                        help="what to measure (default: the eager ones; compiled-bf16 first compiles for ~2 min)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,21 +153,24 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(0)
         policy = build_policy(configs[name], args.horizon, args.n_obs_steps, conv_impl=options["conv_impl"])
         n_params = sum(p.numel() for p in policy.parameters())
-        per_step, cpu_per_step, n_steps = time_training(policy, batch, options["bf16"], options["fused"],
-                                                        seconds)
-        rows.append((name, variant, n_params, per_step, cpu_per_step, n_steps))
+        if options.get("compile"):
+            compile_networks(policy)
+        per_step, cpu_per_step, n_steps, first_step = time_training(policy, batch, options["bf16"],
+                                                                    options["fused"], seconds)
+        rows.append((name, variant, n_params, per_step, cpu_per_step, n_steps, first_step))
         del policy
 
     baseline = {row[0]: row[3] for row in rows if row[1] == "native-fp32"}
-    print(f"{'config':<22}{'variant':<13}{'params':>9}{'ms/step':>10}{'samples/s':>11}{'speedup':>8}"
-          f"{'samples/cpu-s':>15}{'steps':>7}  original")
-    for name, variant, n_params, per_step, cpu_per_step, n_steps in rows:
+    print(f"{'config':<22}{'variant':<14}{'params':>9}{'ms/step':>10}{'samples/s':>11}{'speedup':>8}"
+          f"{'samples/cpu-s':>15}{'steps':>7}{'first step':>12}  original")
+    for name, variant, n_params, per_step, cpu_per_step, n_steps, first_step in rows:
         ratio = f"{baseline[name] / per_step:.2f}x" if name in baseline else "-"
         original = ORIGINAL_SAMPLES_PER_S.get(name, "-")
-        print(f"{name:<22}{variant:<13}{n_params / 1e6:>8.1f}M{per_step * 1e3:>10.0f}"
+        print(f"{name:<22}{variant:<14}{n_params / 1e6:>8.1f}M{per_step * 1e3:>10.0f}"
               f"{args.batch_size / per_step:>11.1f}{ratio:>8}{args.batch_size / cpu_per_step:>15.1f}"
-              f"{n_steps:>7}  {original}")
+              f"{n_steps:>7}{first_step:>11.1f}s  {original}")
     print("speedup: wall-clock against native-fp32 of the same config; samples/cpu-s: per CPU-second of "
-          "all threads\n(robust on a busy machine); original: samples/s of the original implementation "
-          "on this kind of 2-core CPU (design notes, batch 256)")
+          "all threads\n(robust on a busy machine); first step: wall seconds, compilation included for "
+          "compiled-bf16;\noriginal: samples/s of the original implementation on this kind of 2-core CPU "
+          "(design notes, batch 256)")
     return 0

@@ -17,8 +17,10 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +109,8 @@ class Trainer:
         warmup = int(self.tcfg.warmup_steps)
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(s, warmup, total, float(self.tcfg.get("min_lr_ratio", 0.0))))
+        if self.tcfg.get("compile", False):
+            compile_networks(self.policy)
         self.model = self.policy
         if self.ctx.enabled:
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -339,6 +343,27 @@ class Trainer:
 
 class _StopTraining(Exception):
     """Raised inside the loop to stop cleanly (time budget or SIGTERM)."""
+
+
+def compile_networks(policy: torch.nn.Module) -> list[str]:
+    """``torch.compile`` each network of ``policy`` in place (its children that hold parameters).
+
+    In place, so parameter names, checkpoints and the EMA copy (made before, kept eager) are
+    unaffected. The first training step pays the compilation (about 2 minutes for the Push-T
+    UNet on 2 cores); on CPU it needs a C++ compiler, without one this warns and stays eager.
+    Returns the names of the compiled children.
+    """
+    if next(policy.parameters()).device.type == "cpu" and not any(
+            shutil.which(cxx) for cxx in ("g++", "clang++", "c++")):
+        warnings.warn("training.compile: no C++ compiler (g++, clang++ or c++) on PATH, training eagerly",
+                      stacklevel=2)
+        return []
+    compiled = []
+    for name, module in policy.named_children():
+        if next(module.parameters(), None) is not None:
+            module.compile()
+            compiled.append(name)
+    return compiled
 
 
 def _seed_everything(seed: int) -> None:
