@@ -119,7 +119,11 @@ def test_export_command_writes_a_checked_archive(tmp_path, capsys):
     assert "parity" in text and "ok" in text and "TorchScript p50" in text
     info = json.loads((out / export.METADATA_NAME).read_text())
     assert info["format"] == export.EXPORT_FORMAT and info["parity_max_abs_diff"] < 1e-4
-    assert info["obs_keys"] == ["obs"] and info["n_obs_steps"] == 2 and info["n_action_steps"] == 8
+    from dpolicy.training.checkpoint import load_policy
+
+    policy, _ = load_policy(checkpoint)
+    assert info["obs_keys"] == ["obs"] and info["n_obs_steps"] == 2
+    assert info["n_action_steps"] == policy.n_action_steps == 10  # the default config's, carried into the archive
     assert info["scheduler"] == "ddim" and len(info["coefficients"]) == 3 == info["num_inference_steps"]
     assert "sampling loop" in (out / "README.md").read_text()
     extra = {export.METADATA_NAME: ""}

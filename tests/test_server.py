@@ -231,7 +231,7 @@ def test_serve_command_answers_and_stops_cleanly_on_sigint(tmp_path):
             info = client.info()
             out = client.predict_action({"obs": np.full((2, 20), 256.0, np.float32)})
         assert info["n_obs_steps"] == 2 and info["checkpoint"] == str(checkpoint)
-        assert out["action"].shape == (8, 2) and np.all(np.isfinite(out["action"]))
+        assert out["action"].shape == (10, 2) and np.all(np.isfinite(out["action"]))  # the default Ta 10
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=30)
     finally:
