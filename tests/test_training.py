@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -158,12 +157,11 @@ def test_resume_without_checkpoint_is_a_clear_error(toy_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(toy_dataset, tmp_path):
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun is not on PATH")
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "dpolicy", "train",
+    # `python -m torch.distributed.run` is the `torchrun` launcher itself, present wherever torch is.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dpolicy", "train",
            f"task.dataset.path={toy_dataset}", f"run_dir={run}", "task.dataset.val_ratio=0.2", *TINY,
            "training.max_steps=20"]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
