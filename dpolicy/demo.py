@@ -19,8 +19,8 @@ from dpolicy.paths import EMBEDDED_PUSHT
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     parser.add_argument("--steps", type=int, default=15000,
-                        help="training steps at batch 64 (default 15000: about 10 minutes alone on 2 CPU cores, "
-                             "2 of them compiling on a fresh machine; much longer beside other jobs)")
+                        help="training steps at batch 64 (default 15000: under 15 minutes on 2 CPU cores, about 2 of "
+                             "them compiling on a fresh machine; much longer beside other jobs)")
     parser.add_argument("--dataset", default=str(EMBEDDED_PUSHT),
                         help="zarr dataset to train on (default: the embedded expert dataset)")
     parser.add_argument("--protocol", default="paper", help="evaluation protocol: paper (50 seeds) or large (500)")

@@ -12,6 +12,7 @@ import torch
 from dpolicy import export
 from dpolicy.data.normalizer import Normalizer
 from dpolicy.policies.diffusion import DiffusionPolicy
+from dpolicy.training.checkpoint import load_policy
 
 LOWDIM = {"obs": {"obs": {"shape": [20], "type": "low_dim"}}, "action": {"shape": [2]}}
 IMAGE = {"obs": {"image": {"shape": [96, 96, 3], "type": "rgb"},
@@ -119,8 +120,6 @@ def test_export_command_writes_a_checked_archive(tmp_path, capsys):
     assert "parity" in text and "ok" in text and "TorchScript p50" in text
     info = json.loads((out / export.METADATA_NAME).read_text())
     assert info["format"] == export.EXPORT_FORMAT and info["parity_max_abs_diff"] < 1e-4
-    from dpolicy.training.checkpoint import load_policy
-
     policy, _ = load_policy(checkpoint)
     assert info["obs_keys"] == ["obs"] and info["n_obs_steps"] == 2
     assert info["n_action_steps"] == policy.n_action_steps == 10  # the default config's, carried into the archive
