@@ -60,7 +60,7 @@ def _measure(method: str) -> dict:
              for name, p in policy.named_parameters() if p.grad is not None}
     policy.eval()
     chunk = policy.predict_action(batch["obs"], generator=torch.Generator().manual_seed(9))["action"]
-    return {"loss": float(loss), "chunk": chunk.tolist(), "grads": grads}
+    return {"loss": float(loss.detach()), "chunk": chunk.tolist(), "grads": grads}
 
 
 @pytest.fixture

@@ -74,7 +74,9 @@ def _train_and_sample(steps: int, batch_size: int, n_samples: int, query_obs: fl
         opt = torch.optim.AdamW(policy.parameters(), lr=1e-3, weight_decay=1e-6)
         policy.train()
         for _ in range(steps):
-            loss = policy.compute_loss(sample_demonstrations(batch_size, rng))
+            batch = sample_demonstrations(batch_size, rng)
+            batch["action"] = batch["action"][:, :policy.horizon]  # IBC scores a one-step chunk
+            loss = policy.compute_loss(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

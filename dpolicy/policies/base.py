@@ -41,6 +41,10 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
         self.n_obs_steps = int(n_obs_steps)
         self.n_action_steps = int(n_action_steps)
         self.action_dim = int(shape_meta["action"]["shape"][0])
+        missing = [k for k in [*self.obs_keys(), "action"] if k not in normalizer]
+        if missing:
+            raise ValueError(f"normalizer has no entry for {missing}; it must cover every observation key "
+                             f"and 'action' (build it with Normalizer.fit or Normalizer.from_spec)")
 
     @property
     def max_action_steps(self) -> int:
@@ -57,13 +61,51 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
 
     # -------------------------------------------------------------- to implement
     @abc.abstractmethod
-    def compute_loss(self, batch: Mapping) -> torch.Tensor:
-        """Scalar training loss for a batch in env units."""
+    def loss(self, nobs: dict[str, torch.Tensor], naction: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """The method's scalar training loss on normalized tensors: ``nobs`` {key: (B, To, ...)}
+        (the first To frames of the window) and ``naction`` (B, horizon, action_dim)."""
 
     @abc.abstractmethod
     def sample_actions(self, nobs: dict[str, torch.Tensor], generator: torch.Generator | None = None
                        ) -> torch.Tensor:
         """Normalized action sequence (B, Tp, action_dim) from normalized obs (B, To, ...)."""
+
+    # -------------------------------------------------------------- training
+    def compute_loss(self, batch: Mapping, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss of a batch ``{"obs": {key: (B, To', ...)}, "action": (B, horizon, D)}`` in env units.
+
+        Validates the batch, normalizes it once and calls the method's :meth:`loss`. Observation
+        windows longer than ``n_obs_steps`` are cut to their first To frames (the frames that
+        precede the first executed action in a training window). ``generator`` seeds the
+        method's training noise where it uses one.
+        """
+        nobs, naction = self.normalize_batch(batch)
+        return self.loss(nobs, naction, generator=generator)
+
+    def normalize_batch(self, batch: Mapping) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Checked, normalized ``(nobs, naction)`` of a training batch (see :meth:`compute_loss`)."""
+        if not isinstance(batch, Mapping) or "obs" not in batch or "action" not in batch:
+            keys = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+            raise KeyError(f"a training batch needs keys 'obs' and 'action', got {keys}")
+        action = torch.as_tensor(batch["action"], device=self.device)
+        expected = (self.horizon, self.action_dim)
+        if action.ndim != 3 or tuple(action.shape[1:]) != expected:
+            raise ValueError(f"batch['action'] must be (B, {expected[0]}, {expected[1]}), "
+                             f"got {tuple(action.shape)}")
+        batch_size = action.shape[0]
+        nobs = {}
+        for key, item in self.shape_meta["obs"].items():
+            if key not in batch["obs"]:
+                raise KeyError(f"batch['obs'] is missing key {key!r}; expected keys {self.obs_keys()}")
+            x = torch.as_tensor(batch["obs"][key], device=self.device)
+            shape = tuple(int(s) for s in item["shape"])
+            if x.ndim != len(shape) + 2 or x.shape[0] != batch_size or tuple(x.shape[2:]) != shape \
+                    or x.shape[1] < self.n_obs_steps:
+                raise ValueError(f"batch['obs'][{key!r}] must be ({batch_size}, >={self.n_obs_steps}, "
+                                 f"{', '.join(map(str, shape))}), got {tuple(x.shape)}")
+            nobs[key] = self.normalizer.normalize(key, x[:, :self.n_obs_steps])
+        return nobs, self.normalizer.normalize("action", action)
 
     # -------------------------------------------------------------- shared
     @property

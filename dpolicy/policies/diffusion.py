@@ -55,10 +55,6 @@ class DiffusionPolicy(Policy):
                  lowdim_mlp: Sequence[int] | None = None, crop_shape: Sequence[int] | None = (84, 84),
                  num_keypoints: int = 32, image_feature_dim: int = 64, share_rgb_encoder: bool = False):
         super().__init__(shape_meta, normalizer, horizon, n_obs_steps, n_action_steps)
-        missing = [k for k in [*self.obs_keys(), "action"] if k not in normalizer]
-        if missing:
-            raise ValueError(f"normalizer has no entry for {missing}; it must cover every observation key "
-                             f"and 'action' (build it with Normalizer.fit or Normalizer.from_spec)")
         self.obs_encoder = ObservationEncoder(
             self.shape_meta["obs"], n_obs_steps, lowdim_mlp=lowdim_mlp, crop_shape=crop_shape,
             num_keypoints=num_keypoints, image_feature_dim=image_feature_dim,
@@ -103,44 +99,18 @@ class DiffusionPolicy(Policy):
         return self._sampler
 
     # ------------------------------------------------------------------ training
-    def compute_loss(self, batch: Mapping, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Denoising MSE of a batch ``{"obs": {key: (B, To', ...)}, "action": (B, horizon, D)}`` (env units).
-
-        Observation windows longer than ``n_obs_steps`` are cut to their first To frames (the
-        frames that precede the first executed action in a training window).
-        """
-        if "obs" not in batch or "action" not in batch:
-            raise KeyError(f"a training batch needs keys 'obs' and 'action', got {sorted(batch)}")
-        action = torch.as_tensor(batch["action"], device=self.device)
-        expected = (self.horizon, self.action_dim)
-        if action.ndim != 3 or tuple(action.shape[1:]) != expected:
-            raise ValueError(f"batch['action'] must be (B, {expected[0]}, {expected[1]}), "
-                             f"got {tuple(action.shape)}")
-        nobs = self._normalized_obs(batch["obs"], action.shape[0])
-        naction = self.normalizer.normalize("action", action)
+    def loss(self, nobs: dict[str, torch.Tensor], naction: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Denoising MSE: noise the demonstrated sequence at a random DDPM step and predict the
+        schedule's target (noise, sample or velocity) from it."""
         global_cond = self.obs_encoder(nobs, generator=generator)
-
-        n = action.shape[0]
+        n = naction.shape[0]
         noise = torch.randn(naction.shape, generator=generator, device=naction.device, dtype=naction.dtype)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (n,),
                                   generator=generator).to(naction.device)
         noisy, target = training_target(self.noise_scheduler, naction, noise, timesteps)
         pred = self.model(noisy, timesteps, global_cond)
         return F.mse_loss(pred.float(), target)
-
-    def _normalized_obs(self, obs: Mapping, batch_size: int) -> dict[str, torch.Tensor]:
-        out = {}
-        for key, item in self.shape_meta["obs"].items():
-            if key not in obs:
-                raise KeyError(f"batch['obs'] is missing key {key!r}; expected keys {self.obs_keys()}")
-            x = torch.as_tensor(obs[key], device=self.device)
-            shape = tuple(int(s) for s in item["shape"])
-            if x.ndim != len(shape) + 2 or x.shape[0] != batch_size or tuple(x.shape[2:]) != shape \
-                    or x.shape[1] < self.n_obs_steps:
-                raise ValueError(f"batch['obs'][{key!r}] must be ({batch_size}, >={self.n_obs_steps}, "
-                                 f"{', '.join(map(str, shape))}), got {tuple(x.shape)}")
-            out[key] = self.normalizer.normalize(key, x[:, :self.n_obs_steps])
-        return out
 
     # ------------------------------------------------------------------ inference
     def sample_actions(self, nobs: dict[str, torch.Tensor], generator: torch.Generator | None = None

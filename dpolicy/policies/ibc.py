@@ -112,16 +112,16 @@ class IbcPolicy(Policy):
         return self.energy(self._features(nobs), nactions)
 
     # ------------------------------------------------------------------ training
-    def compute_loss(self, batch: Mapping) -> torch.Tensor:
-        nobs = {k: self.normalizer.normalize(k, v[:, : self.n_obs_steps]) for k, v in batch["obs"].items()}
+    def loss(self, nobs: dict[str, torch.Tensor], naction: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """InfoNCE: the demonstrated chunk against ``n_counter_examples`` uniform ones."""
         start = self.n_obs_steps - 1
-        target = self.normalizer.normalize("action", batch["action"][:, start:start + self.chunk_steps])
-        target = target.reshape(target.shape[0], 1, self.chunk_dim)
+        target = naction[:, start:start + self.chunk_steps].reshape(naction.shape[0], 1, self.chunk_dim)
         bsz = target.shape[0]
-        negatives = self._uniform(bsz, self.n_counter_examples)
+        negatives = self._uniform(bsz, self.n_counter_examples, generator)
         candidates = torch.cat([target, negatives], dim=1)
         # Put the positive at a random slot so the network cannot learn a position.
-        perm = torch.argsort(torch.rand(bsz, candidates.shape[1], device=self.device), dim=1)
+        perm = torch.argsort(torch.rand(bsz, candidates.shape[1], device=self.device, generator=generator), dim=1)
         candidates = torch.gather(candidates, 1, perm.unsqueeze(-1).expand_as(candidates))
         labels = torch.argmin(perm, dim=1)  # where index 0 (the positive) went
         feat = self._features(nobs)

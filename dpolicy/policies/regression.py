@@ -38,10 +38,9 @@ class MseRegressionPolicy(Policy):
         out = self.mlp(self.encoder(nobs))
         return out.reshape(-1, self.horizon, self.action_dim)
 
-    def compute_loss(self, batch: Mapping) -> torch.Tensor:
-        nobs = {k: self.normalizer.normalize(k, v[:, : self.n_obs_steps]) for k, v in batch["obs"].items()}
-        target = self.normalizer.normalize("action", batch["action"])
-        return F.mse_loss(self._predict(nobs), target)
+    def loss(self, nobs: dict[str, torch.Tensor], naction: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        return F.mse_loss(self._predict(nobs), naction)
 
     def sample_actions(self, nobs: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
         return self._predict(nobs)
