@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dpolicy.training.cli", "train a policy (hydra config overrides: key=value ...)"),
     "eval": ("dpolicy.evaluation.cli", "evaluate a checkpoint with rollouts in the simulator"),
     "data": ("dpolicy.data.cli", "inspect, render and convert zarr demonstration datasets"),
-    "collect": ("dpolicy.collect", "collect demonstrations (scripted expert or mouse teleoperation)"),
+    "collect": ("dpolicy.commands.collect", "collect demonstrations (scripted expert or mouse teleoperation)"),
     "bench": ("dpolicy.bench.cli", "benchmarks: env, data, train, infer"),
     "serve": ("dpolicy.control.server", "serve a checkpoint to robot clients over ZeroMQ"),
     "export": ("dpolicy.export", "export a checkpoint's networks to TorchScript for non-Python stacks"),

@@ -1,4 +1,5 @@
-"""`dpolicy collect`: record Push-T demonstrations into a zarr dataset.
+"""Recording Push-T demonstrations into a zarr dataset (the library behind ``dpolicy collect``,
+whose arguments live in :mod:`dpolicy.commands.collect`).
 
 Two sources:
 
@@ -6,7 +7,11 @@ Two sources:
   processes. Only successful episodes are kept. Collection is resumable: every committed episode's
   reset seed is recorded in the dataset's metadata, so running the same command again (after a
   crash, a kill or to ask for more episodes) continues where the dataset ends, skipping those seeds.
-- ``--teleop``: mouse teleoperation in a pygame window (:mod:`envs.pusht.teleop`).
+- ``--teleop``: mouse teleoperation in a pygame window (:mod:`envs.pusht.teleop`); the window hands
+  over every saved episode as numpy arrays and :func:`collect_teleop` appends it to the dataset.
+
+Episodes are recorded step by step with :class:`envs.pusht.recording.EpisodeRecorder`; this module
+turns them into datasets (:class:`DemoDataset`).
 
 Datasets have the layout of the original human data: ``data/state`` (N, 5), ``data/action`` (N, 2),
 ``data/keypoint`` (N, 9, 2), ``data/n_contacts`` (N, 1), optionally ``data/img`` (N, 96, 96, 3), all
@@ -21,10 +26,7 @@ Metadata (root attributes): ``collector`` (source and settings; a resumed run mu
 
 from __future__ import annotations
 
-import argparse
-import math
 import shutil
-import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -34,65 +36,15 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.pusht.sim import clip_action
+from envs.pusht.recording import EpisodeRecorder
 
 #: Reset seeds of the paper's evaluation protocol (100000..100499): never used for collection.
 EVAL_SEEDS = range(100_000, 100_500)
 #: Episodes longer than this are failures (the benchmark's episode length).
 MAX_EPISODE_STEPS = 300
-#: Arrays of a recorded episode (``img`` only with images).
-LOWDIM_KEYS = ("state", "action", "keypoint", "n_contacts")
-IMAGE_KEY = "img"
-IMAGE_SIZE = 96
 
 
-# ====================================================================== recording episodes
-
-class EpisodeRecorder:
-    """Accumulates one episode in the human dataset's layout while it is being played.
-
-    Call :meth:`step` instead of ``env.step``: it records the observation (state, keypoints and,
-    with ``images``, the 96 x 96 frame) *before* the action, then the action and the step's contacts.
-    """
-
-    def __init__(self, images: bool = False):
-        self.images = images
-        self.clear()
-
-    def clear(self) -> None:
-        self._rows: dict[str, list] = {key: [] for key in self.keys}
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        return LOWDIM_KEYS + ((IMAGE_KEY,) if self.images else ())
-
-    def __len__(self) -> int:
-        return len(self._rows["action"])
-
-    def step(self, env, action):
-        """Record the current observation and ``action``, then step ``env`` (a PushTEnv).
-
-        Returns what ``env.step`` returned.
-        """
-        sim = env.unwrapped.sim
-        state = sim.get_state()
-        self._rows["state"].append(state)
-        self._rows["keypoint"].append(sim.keypoints())
-        if self.images:
-            self._rows[IMAGE_KEY].append(env.unwrapped.renderer.render(state, IMAGE_SIZE))
-        # The simulator clips targets to the workspace: record what was actually commanded.
-        commanded = clip_action(action)
-        result = env.step(commanded)
-        self._rows["action"].append(commanded)
-        self._rows["n_contacts"].append([result[4]["n_contacts"]])
-        return result
-
-    def episode(self) -> dict[str, np.ndarray]:
-        """The recorded arrays, float32 like the human data: {key: (L, *shape)}."""
-        if not len(self):
-            raise ValueError("no steps recorded")
-        return {key: np.asarray(rows, dtype=np.float32) for key, rows in self._rows.items()}
-
+# ====================================================================== expert episodes
 
 @dataclass
 class ExpertEpisode:
@@ -315,58 +267,3 @@ def collect_teleop(out: Path, seed: int = 0, images: bool = False, scale: float 
     print(INSTRUCTIONS)
     session.run()
     return dataset
-
-
-# ====================================================================== the command
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--expert", choices=("scripted",), help="collect with the scripted expert")
-    source.add_argument("--teleop", action="store_true",
-                        help="collect by mouse teleoperation (pygame window)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="zarr dataset to create or resume "
-                             "(default: pusht_expert.zarr / pusht_teleop.zarr in the current directory)")
-    parser.add_argument("--episodes", type=int, default=200,
-                        help="expert: collect until the dataset holds this many episodes (default 200)")
-    parser.add_argument("--workers", type=int, default=1, help="expert: worker processes (default 1)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="first environment reset seed (default 0); the evaluation seeds 100000..100499 "
-                             "are always skipped. Also seeds the expert.")
-    parser.add_argument("--images", action="store_true", help="also record data/img (96 x 96 frames)")
-    parser.add_argument("--scale", type=float, default=1.0, help="teleop: window scale (1.0 = 512 px)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    from dpolicy.data.replay_buffer import DatasetError
-
-    try:
-        if args.teleop:
-            from envs.pusht.teleop import TeleopUnavailable
-
-            out = args.out or Path("pusht_teleop.zarr")
-            try:
-                dataset = collect_teleop(out, seed=args.seed, images=args.images, scale=args.scale)
-            except TeleopUnavailable as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1
-            print(f"{out}: {dataset.n_episodes} episodes, {dataset.buffer.n_steps} steps")
-            dataset.close()
-            return 0
-        if args.episodes < 1 or args.workers < 1:
-            print("error: --episodes and --workers must be >= 1", file=sys.stderr)
-            return 2
-        out = args.out or Path("pusht_expert.zarr")
-        start = time.perf_counter()
-        dataset = collect_expert(out, args.episodes, workers=args.workers, seed=args.seed, images=args.images,
-                                 progress=not args.quiet)
-        lengths = dataset.buffer.episode_lengths
-        print(f"{out}: {dataset.n_episodes} episodes, {dataset.buffer.n_steps} steps "
-              f"(mean length {lengths.mean() if len(lengths) else math.nan:.1f}), "
-              f"{len(dataset.failed_seeds)} failed seeds skipped; {time.perf_counter() - start:.1f} s")
-        dataset.close()
-        return 0
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1

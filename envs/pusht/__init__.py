@@ -4,6 +4,9 @@
 - :mod:`envs.pusht.sim`: ``PushTSim``, the pymunk physics (no gym)
 - :mod:`envs.pusht.render`: headless OpenCV rendering matching the original frames
 - :mod:`envs.pusht.env`: ``PushTEnv``, the gymnasium environment
+- :mod:`envs.pusht.recording`: ``EpisodeRecorder``, episodes as numpy arrays in the human data's layout
+- :mod:`envs.pusht.expert`: ``ScriptedExpert``, the scripted expert (a package)
+- :mod:`envs.pusht.teleop`: ``TeleopSession``, mouse teleoperation in a pygame window
 """
 
 from envs.pusht.env import PushTEnv

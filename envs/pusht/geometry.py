@@ -7,6 +7,9 @@ rotation in radians. Body-frame points map to the world as ``R(theta) @ p + (x, 
 The T is the union of two boxes with disjoint interiors (they share the edge y = 30), so the
 overlap of two T's is the sum of the four box-box overlaps; each is a convex clip, computed
 exactly in plain Python (no shapely on the hot path; tests check it against shapely).
+
+The outline of the T (:data:`T_OUTLINE`), its edge normals and the signed distance to the T
+(:func:`t_signed_distance`) serve the scripted expert (:mod:`envs.pusht.expert`).
 """
 
 from __future__ import annotations
@@ -182,3 +185,51 @@ def coverage(block_pose, goal_pose=GOAL_POSE) -> float:
 def reward_from_coverage(cov: float) -> float:
     """The task reward: ``clip(coverage / 0.95, 0, 1)``."""
     return min(1.0, max(0.0, cov / SUCCESS_COVERAGE))
+
+
+# ------------------------------------------------------------------ the outline and signed distance
+
+#: The T's outline in the body frame, counter-clockwise in the cross-product sense.
+T_OUTLINE = np.array([(-60.0, 0.0), (60.0, 0.0), (60.0, 30.0), (15.0, 30.0),
+                      (15.0, 120.0), (-15.0, 120.0), (-15.0, 30.0), (-60.0, 30.0)])
+# Axis-aligned boxes of the T in the body frame: (centre x, centre y, half width, half height).
+_T_AXIS_BOXES = np.array([[(b[:, 0].min() + b[:, 0].max()) / 2, (b[:, 1].min() + b[:, 1].max()) / 2,
+                           (b[:, 0].max() - b[:, 0].min()) / 2, (b[:, 1].max() - b[:, 1].min()) / 2]
+                          for b in T_BOXES])
+
+
+def t_signed_distance(points: np.ndarray) -> np.ndarray:
+    """Signed distance (px) from body-frame points (..., 2) to the T: negative inside."""
+    p = np.asarray(points, dtype=np.float64)[..., None, :] - _T_AXIS_BOXES[:, :2]
+    q = np.abs(p) - _T_AXIS_BOXES[:, 2:]
+    outside = np.linalg.norm(np.maximum(q, 0.0), axis=-1)
+    inside = np.minimum(q.max(axis=-1), 0.0)
+    return (outside + inside).min(axis=-1)
+
+
+def cross_2d(a, b):
+    """z-component of the 2-D cross product, broadcast over leading dimensions."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+
+
+def signed_area(outline: np.ndarray) -> float:
+    """Shoelace area of a closed polyline (M, 2): positive when counter-clockwise (cross-product sense)."""
+    return 0.5 * float(np.sum(cross_2d(outline, np.roll(outline, -1, axis=0))))
+
+
+def outward_normals(outline: np.ndarray) -> np.ndarray:
+    """Unit outward normals (M, 2) of the edges ``outline[i] -> outline[i + 1]`` of a closed polyline."""
+    edges = np.roll(outline, -1, axis=0) - outline
+    edges /= np.linalg.norm(edges, axis=1, keepdims=True)
+    sign = 1.0 if signed_area(outline) > 0 else -1.0
+    return sign * np.stack([edges[:, 1], -edges[:, 0]], axis=1)
+
+
+def nearest_outline_edge(point_body: np.ndarray) -> int:
+    """Index of the edge of :data:`T_OUTLINE` nearest a body-frame point."""
+    a = T_OUTLINE
+    d = np.roll(T_OUTLINE, -1, axis=0) - a
+    t = np.clip(((point_body - a) * d).sum(axis=1) / (d ** 2).sum(axis=1), 0.0, 1.0)
+    return int(np.argmin(np.linalg.norm(a + t[:, None] * d - point_body, axis=1)))

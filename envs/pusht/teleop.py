@@ -12,6 +12,10 @@ absolute target). Keys:
 The window only shows the scene; the caption carries the status line. :class:`TeleopSession` runs one
 control step per :meth:`~TeleopSession.tick`, which is how the tests drive it headless
 (``SDL_VIDEODRIVER=dummy``, with synthetic mouse and key events posted to pygame's queue).
+
+The session only produces what the person did: every saved episode goes to the caller's ``on_save``
+callback as a dict of numpy arrays (see :mod:`envs.pusht.recording`); storing it (e.g. into a zarr
+dataset, as ``dpolicy collect --teleop`` does) is the caller's business.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from dpolicy.collect import EpisodeRecorder
 from envs.pusht.env import PushTEnv
 from envs.pusht.geometry import WORKSPACE_SIZE
+from envs.pusht.recording import EpisodeRecorder
 from envs.pusht.render import render_state
 from envs.pusht.sim import AGENT_RADIUS
 
@@ -56,10 +60,14 @@ class TeleopSession:
         seeds: environment reset seeds for the successive episodes (a retry reuses the current one).
         images: also record 96 x 96 frames.
         scale: window size relative to the 512 px workspace.
+        recorder: records the steps of the current episode; any object with ``clear()``,
+            ``step(env, action)`` (steps ``env`` and returns what ``env.step`` returned), ``len()`` and
+            ``episode()`` (the arrays passed to ``on_save``). Default: an
+            :class:`~envs.pusht.recording.EpisodeRecorder` (with ``images``).
     """
 
     def __init__(self, on_save: Callable[[int, dict], None], seeds: Iterator[int], images: bool = False,
-                 scale: float = 1.0):
+                 scale: float = 1.0, recorder=None):
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale}")
         self.on_save = on_save
@@ -74,7 +82,7 @@ class TeleopSession:
                                     "with a display (SDL_VIDEODRIVER=dummy gives a headless window for "
                                     "tests)") from err
         self.env = PushTEnv(obs_type="state")
-        self.recorder = EpisodeRecorder(images)
+        self.recorder = EpisodeRecorder(images) if recorder is None else recorder
         self.saved = 0
         self.paused = False
         self.cursor: np.ndarray | None = None  # world px
