@@ -13,14 +13,14 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("dpolicy.training.cli", "train a policy (hydra config overrides: key=value ...)"),
-    "eval": ("dpolicy.evaluation.cli", "evaluate a checkpoint with rollouts in the simulator"),
-    "data": ("dpolicy.data.cli", "inspect, render and convert zarr demonstration datasets"),
+    "train": ("dpolicy.commands.train", "train a policy (hydra config overrides: key=value ...)"),
+    "eval": ("dpolicy.commands.eval", "evaluate a checkpoint with rollouts in the simulator"),
+    "data": ("dpolicy.commands.data", "inspect, render and convert zarr demonstration datasets"),
     "collect": ("dpolicy.commands.collect", "collect demonstrations (scripted expert or mouse teleoperation)"),
-    "bench": ("dpolicy.bench.cli", "benchmarks: env, data, train, infer"),
-    "serve": ("dpolicy.control.server", "serve a checkpoint to robot clients over ZeroMQ"),
-    "export": ("dpolicy.export", "export a checkpoint's networks to TorchScript for non-Python stacks"),
-    "demo": ("dpolicy.demo", "the newcomer's main job: train on the embedded data, evaluate, report"),
+    "bench": ("dpolicy.commands.bench", "benchmarks: env, data, train, infer"),
+    "serve": ("dpolicy.commands.serve", "serve a checkpoint to robot clients over ZeroMQ"),
+    "export": ("dpolicy.commands.export", "export a checkpoint's networks to TorchScript for non-Python stacks"),
+    "demo": ("dpolicy.commands.demo", "the newcomer's main job: train on the embedded data, evaluate, report"),
 }
 
 

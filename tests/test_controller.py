@@ -142,7 +142,7 @@ class LastObsPolicy(Policy):
         super().__init__(*args, **kwargs)
         self.unused = torch.nn.Parameter(torch.zeros(1))  # gives the policy a device
 
-    def compute_loss(self, batch):
+    def loss(self, nobs, naction, generator=None):
         raise AssertionError("the controller never trains a policy")
 
     def sample_actions(self, nobs, generator=None):

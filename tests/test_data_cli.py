@@ -7,7 +7,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from dpolicy.cli import main
-from dpolicy.data.cli import add_rendered_images
+from dpolicy.commands.data import add_rendered_images
 from dpolicy.data.datasets import make_pusht_image_dataset
 from dpolicy.data.replay_buffer import DatasetError, ReplayBuffer
 from dpolicy.data.synthetic import write_synthetic_pusht

@@ -16,7 +16,8 @@ LINE_ENV_ID = "dpolicy_test/Line-v0"
 
 
 class LineEnv(gym.Env):
-    """Coverage grows by action[0] / 100 per step from seed / 100.
+    """Coverage grows by action[0] / 100 per step from seed / 100; reward ``clip(coverage / 0.95)``,
+    success when coverage > 0.95.
 
     Refuses to step after its episode ended, or after a reset without a seed (an idle environment).
     """
@@ -28,7 +29,7 @@ class LineEnv(gym.Env):
         super().reset(seed=seed)
         self.x = float(seed or 0)
         self.done = seed is None
-        return np.array([self.x, 0.0], np.float32), {"coverage": self.x / 100}
+        return np.array([self.x, 0.0], np.float32), {"is_success": False}
 
     def step(self, action):
         if self.done:
@@ -36,7 +37,8 @@ class LineEnv(gym.Env):
         self.x += float(action[0])
         coverage = min(max(self.x / 100, 0.0), 1.0)
         self.done = coverage > 0.95
-        return np.array([self.x, 0.0], np.float32), 0.0, self.done, False, {"coverage": coverage}
+        reward = min(1.0, coverage / 0.95)
+        return np.array([self.x, 0.0], np.float32), reward, self.done, False, {"is_success": self.done}
 
 
 if LINE_ENV_ID not in gym.registry:

@@ -8,7 +8,7 @@ import pytest
 
 from dpolicy.cli import main
 from dpolicy.data.normalizer import Normalizer
-from dpolicy.evaluation.cli import default_out_dir
+from dpolicy.commands.eval import default_out_dir
 from dpolicy.policies.diffusion import DiffusionPolicy
 from dpolicy.training.checkpoint import save_checkpoint
 

@@ -112,10 +112,12 @@ def test_export_command_writes_a_checked_archive(tmp_path, capsys):
 
     checkpoint = untrained_checkpoint(tmp_path / "tiny.pt", overrides=(
         "policy.down_dims=[16,32]", "policy.step_embed_dim=16", "policy.num_inference_steps=3"))
+    from dpolicy.commands import export as export_cmd
+
     parser = argparse.ArgumentParser()
-    export.configure(parser)
+    export_cmd.configure(parser)
     out = tmp_path / "export"
-    assert export.run(parser.parse_args([str(checkpoint), "--out", str(out), "--latency-repeats", "2"])) == 0
+    assert export_cmd.run(parser.parse_args([str(checkpoint), "--out", str(out), "--latency-repeats", "2"])) == 0
     text = capsys.readouterr().out
     assert "parity" in text and "ok" in text and "TorchScript p50" in text
     info = json.loads((out / export.METADATA_NAME).read_text())

@@ -107,11 +107,11 @@ def test_the_import_scanner_sees_nested_and_relative_imports(tmp_path):
                       "    from dpolicy.training import trainer\n"
                       "    from ..policies import base\n"
                       "    if True:\n"
-                      "        import dpolicy.bench.cli as cli\n"
+                      "        import dpolicy.commands.bench as cli\n"
                       "    from . import normalizer\n")
     modules = {m for _, m in imported_modules(sample, tmp_path)}
     assert {"os", "dpolicy.data.windows", "dpolicy.training.trainer", "dpolicy.policies.base",
-            "dpolicy.bench.cli", "dpolicy.data.normalizer"} <= modules
+            "dpolicy.commands.bench", "dpolicy.data.normalizer"} <= modules
     found = violations_in([sample], FORBIDDEN["dpolicy.data"], tmp_path)
     assert [v.split(":")[1] for v in found] == ["4", "5", "7"], found
     assert found[0] == "dpolicy/data/sample.py:4: imports dpolicy.training"

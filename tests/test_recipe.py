@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dpolicy.experiments import recipe
-from dpolicy.training.config import compose_config
+from dpolicy.config import compose_config
 
 
 def test_default_config_is_the_one_cpu_hour_recipe():

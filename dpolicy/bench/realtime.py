@@ -43,9 +43,9 @@ def untrained_checkpoint(path: str | Path, config: str = "pusht_lowdim",
     from omegaconf import OmegaConf
 
     import envs  # noqa: F401 (registers the environments)
+    from dpolicy.config import compose_config
     from dpolicy.data.normalizer import Normalizer
     from dpolicy.training.checkpoint import build_policy, save_checkpoint
-    from dpolicy.training.config import compose_config
 
     cfg = compose_config(config, [*overrides, "task.dataset.path=null"])
     env = gym.make(cfg.task.env_id)

@@ -6,10 +6,9 @@ captured), takes one :class:`Command` per control tick and knows which command h
 is (:meth:`Robot.hold_action`). All times are seconds of one monotonic clock, ``Robot.clock``,
 which the runner uses too, so observation stamps, action times and ticks compare directly.
 
-:class:`SimulatedPushTRobot` is the Push-T simulator behind that interface: it advances with the
-wall clock (10 control steps per simulated second, optionally sped up), whether or not anybody
-sends commands, exactly as a real robot would. See ``docs/robot_interface.md`` for what to
-implement for a real arm.
+:class:`SimulatedRobot` puts any gymnasium environment behind that interface: it advances with
+the clock (the task's control rate, optionally sped up), whether or not anybody sends commands,
+exactly as a real robot would. See the deployment docs for what to implement for a real arm.
 """
 
 from __future__ import annotations
@@ -87,62 +86,79 @@ class Robot(abc.ABC):
         """Release the hardware (the runner does not call it: the owner of the robot does)."""
 
 
-#: Control steps of the Push-T task per simulated second.
-PUSHT_CONTROL_HZ = 10.0
-
-
-class SimulatedPushTRobot(Robot):
-    """The Push-T simulator as a real-time robot, advancing with ``clock``.
+class SimulatedRobot(Robot):
+    """A gymnasium environment as a real-time robot, advancing with ``clock``.
 
     Simulated time runs ``speed`` times faster than the clock: one control step of the task
-    (0.1 s of simulated time) takes ``0.1 / speed`` seconds of clock time. The simulator advances
-    lazily: every call first plays the control steps whose time has come, each with the command
-    that was in force, so a late caller sees exactly what a real robot would have done meanwhile.
-    The observation is stamped with the clock time of the step boundary it shows. Thread-safe.
+    (``1 / control_hz`` s of simulated time) takes ``1 / (control_hz * speed)`` seconds of clock
+    time. The environment advances lazily: every call first plays the control steps whose time
+    has come, each with the command that was in force, so a late caller sees exactly what a real
+    robot would have done meanwhile. The observation is stamped with the clock time of the step
+    boundary it shows. Thread-safe.
+
+    The environment's Box action space bounds the commands. The hold command is the env's own
+    ``hold_action()`` where it has one (e.g. "stay where you are" for absolute-target tasks),
+    else the last command sent, else the middle of the action box.
 
     Args:
-        obs_type: "keypoints" (policy key ``"obs"``, 20 floats) or "image" (``"image"``, ``"agent_pos"``).
+        env: a gymnasium environment (e.g. from ``dpolicy.evaluation.vector.make_env``).
         speed: simulated seconds per clock second (1 = real time; tests use more).
         clock: the clock (default ``time.monotonic``); a fake clock makes the robot deterministic.
+        control_hz: control steps per simulated second (default: the env's ``metadata["render_fps"]``).
         max_episode_steps: the episode limit reported in ``info["truncated"]``.
-        max_step_px: suggested cap on the motion of the target between ticks (px), see ``limits``.
+        max_step: suggested cap on the change of the command between ticks (action units), see ``limits``.
     """
 
-    def __init__(self, obs_type: str = "keypoints", speed: float = 1.0, clock: Clock = time.monotonic,
-                 max_episode_steps: int = 300, max_step_px: float | None = 100.0):
-        from envs.pusht.env import PushTEnv
-        from envs.pusht.geometry import WORKSPACE_SIZE
+    def __init__(self, env, speed: float = 1.0, clock: Clock = time.monotonic, control_hz: float | None = None,
+                 max_episode_steps: int = 300, max_step: float | None = None):
+        import gymnasium as gym
 
-        if obs_type not in ("keypoints", "image"):
-            raise ValueError(f"obs_type must be 'keypoints' or 'image' (the policy observations of Push-T), "
-                             f"got {obs_type!r}")
         if not speed > 0:
             raise ValueError(f"speed must be > 0, got {speed}")
-        self.env = PushTEnv(obs_type=obs_type, max_episode_steps=max_episode_steps)
+        space = env.action_space
+        if not isinstance(space, gym.spaces.Box):
+            raise ValueError(f"SimulatedRobot needs a Box action space, got {space}")
+        hz = control_hz if control_hz is not None else env.metadata.get("render_fps")
+        if not hz or hz <= 0:
+            raise ValueError("control_hz is not given and the environment's metadata has no render_fps")
+        self.env = env
         self.clock = clock
         self.speed = float(speed)
-        self.step_period_s = 1.0 / (PUSHT_CONTROL_HZ * self.speed)
-        self.action_low = np.zeros(2)
-        self.action_high = np.full(2, float(WORKSPACE_SIZE))
-        self.max_step_px = max_step_px
+        self.task_hz = float(hz)
+        self.step_period_s = 1.0 / (self.task_hz * self.speed)
+        self.max_episode_steps = int(max_episode_steps)
+        self.action_shape = tuple(space.shape)
+        self.action_low = np.asarray(space.low, dtype=np.float64).copy()
+        self.action_high = np.asarray(space.high, dtype=np.float64).copy()
+        self.max_step = max_step
         self._lock = threading.Lock()
         self._started = False
 
     @property
     def control_hz(self) -> float:
-        """Clock-time rate of the simulated control steps (10 Hz times ``speed``)."""
-        return PUSHT_CONTROL_HZ * self.speed
+        """Clock-time rate of the simulated control steps (the task's rate times ``speed``)."""
+        return self.task_hz * self.speed
+
+    def _env_hold_action(self) -> np.ndarray:
+        hold = getattr(self.env.unwrapped, "hold_action", None)
+        if callable(hold):
+            return np.asarray(hold(), dtype=np.float64)
+        if self._target is not None:
+            return self._target.copy()
+        return (self.action_low + self.action_high) / 2
 
     def reset(self, seed: int | None = None) -> Observation:
-        """Start an episode (``PushTEnv.reset(seed=seed)``) now; the agent holds its position."""
+        """Start an episode (``env.reset(seed=seed)``) now; the robot holds its position."""
         with self._lock:
             obs, info = self.env.reset(seed=seed)
             self._t0 = self.clock()
             self._steps = 0
             self._obs = obs
             self._info = info
-            self._target = np.array(info["agent_pos"], dtype=np.float64)
-            self._max_coverage = float(info["coverage"])
+            self._target = None
+            self._target = self._env_hold_action()
+            self._reward = float("nan")
+            self._score = -np.inf
             self._terminated = False
             self._first_success_step = -1
             self._started = True
@@ -150,26 +166,24 @@ class SimulatedPushTRobot(Robot):
 
     def _require_reset(self) -> None:
         if not self._started:
-            raise RuntimeError("SimulatedPushTRobot: call reset() before observe() or command()")
+            raise RuntimeError("SimulatedRobot: call reset() before observe() or command()")
 
     def _advance(self) -> None:
         """Play every control step whose end time has passed, with the current target."""
         due = int((self.clock() - self._t0) / self.step_period_s)
         while self._steps < due:
-            self._obs, _, terminated, _, self._info = self.env.step(self._target)
+            self._obs, reward, terminated, _, self._info = self.env.step(self._target)
             self._steps += 1
-            coverage = float(self._info["coverage"])
-            self._max_coverage = max(self._max_coverage, coverage)
-            if terminated and not self._terminated:
-                self._terminated = True
+            self._reward = float(reward)
+            self._score = max(self._score, self._reward)
+            if self._info.get("is_success") and self._first_success_step < 0:
                 self._first_success_step = self._steps
+            self._terminated = self._terminated or bool(terminated)
 
     def _observation(self) -> Observation:
-        info = {"steps": self._steps, "coverage": float(self._info["coverage"]),
-                "max_coverage": self._max_coverage, "terminated": self._terminated,
-                "first_success_step": self._first_success_step,
-                "truncated": self._steps >= self.env.max_episode_steps,
-                "state": self.env.get_state()}
+        info = {"steps": self._steps, "reward": self._reward, "score": self._score,
+                "terminated": self._terminated, "first_success_step": self._first_success_step,
+                "truncated": self._steps >= self.max_episode_steps, "env_info": dict(self._info)}
         data = observation_dict(self._obs)
         return Observation(data={k: np.array(v, copy=True) for k, v in data.items()},
                            timestamp=self._t0 + self._steps * self.step_period_s, info=info)
@@ -182,9 +196,8 @@ class SimulatedPushTRobot(Robot):
 
     def command(self, command: Command) -> None:
         action = np.asarray(command.action, dtype=np.float64)
-        if action.shape != (2,) or not np.all(np.isfinite(action)):
-            raise ValueError(f"Push-T command must be 2 finite numbers (target x, y in px), "
-                             f"got {command.action!r}")
+        if action.shape != self.action_shape or not np.all(np.isfinite(action)):
+            raise ValueError(f"command must be {self.action_shape} finite numbers, got {command.action!r}")
         with self._lock:
             self._require_reset()
             self._advance()  # steps already due ran with the previous target
@@ -194,4 +207,4 @@ class SimulatedPushTRobot(Robot):
         with self._lock:
             self._require_reset()
             self._advance()
-            return self.env.sim.agent_pos
+            return self._env_hold_action()

@@ -15,13 +15,11 @@ port (SSH, VPN).
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import inspect
 import ipaddress
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -351,28 +349,6 @@ def _is_unbatched(arrays: dict[str, np.ndarray], ndims: dict[str, int] | None) -
     return None
 
 
-# ---------------------------------------------------------------------------------------- command
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="checkpoint file written by `dpolicy train`")
-    parser.add_argument("--address", default=DEFAULT_ADDRESS,
-                        help=f"ZeroMQ endpoint to bind (default {DEFAULT_ADDRESS}: this machine only). Any "
-                             "non-loopback address, e.g. tcp://0.0.0.0:5555, needs a token")
-    parser.add_argument("--token-file", type=Path, default=None,
-                        help=f"file holding the shared token (default: the {TOKEN_ENV} environment variable)")
-    parser.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_BYTES / 2**20,
-                        help="largest request accepted, MiB (default %(default)g)")
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
-                        help="most waiting requests stacked into one policy call (default %(default)d)")
-    parser.add_argument("--device", default=None, help="torch device (default: auto)")
-    parser.add_argument("--no-ema", action="store_true",
-                        help="serve the plain weights instead of the EMA weights")
-    parser.add_argument("--scheduler", default=None,
-                        help="diffusion sampler, e.g. ddim (default: the checkpoint's)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice)")
-
-
 def read_token(token_file: Path | None) -> str | None:
     """The token from ``token_file`` (stripped) or from the environment; None when neither is set."""
     if token_file is not None:
@@ -383,36 +359,3 @@ def read_token(token_file: Path | None) -> str | None:
             raise ValueError(f"token file {token_file} is empty")
         return token
     return os.environ.get(TOKEN_ENV) or None
-
-
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from dpolicy.training.checkpoint import load_policy
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    token = read_token(args.token_file)
-    check_exposure(args.address, token)  # before the (slow) checkpoint load
-    policy, _ = load_policy(args.checkpoint, use_ema=not args.no_ema, device=args.device)
-    if args.scheduler is not None or args.steps is not None:
-        if not hasattr(policy, "set_inference"):
-            raise SystemExit(f"--scheduler/--steps: {type(policy).__name__} has no diffusion sampler")
-        policy.set_inference(args.scheduler, args.steps)
-    server = PolicyServer(policy, args.address, token=token,
-                          max_request_bytes=int(args.max_request_mb * 2**20), max_batch=args.max_batch,
-                          info={"checkpoint": str(args.checkpoint)})
-    # Ctrl-C and SIGTERM only set the stop flag: the poll loop notices within 0.1 s and the socket is closed
-    # cleanly, whatever zmq call the signal lands in.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: server.stop())
-    info = server.info()
-    print(f"serving {args.checkpoint} ({info['policy']}, To={info['n_obs_steps']}, "
-          f"Ta={info.get('n_action_steps', '?')}) on {server.address}, "
-          f"token {'required' if token else 'not required (loopback only)'}; Ctrl-C to stop", flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.close()
-        print(f"stopped after {server.n_requests} requests ({server.n_errors} rejected)", flush=True)
-    return 0

@@ -1,27 +1,22 @@
-"""Per-episode records and the summary metrics of an evaluation.
+"""Per-episode records and the summary metrics of an evaluation, for any task.
 
-score: mean over episodes of the episode's best ``clip(coverage / 0.95, 0, 1)`` (the paper's
-"target area coverage"); success: coverage above 0.95 at any step, reported with a 95% Wilson
-score interval; latency: wall-clock time of each batched policy call (one per planned chunk).
+score: mean over episodes of the episode's best per-step reward (for Push-T the paper's
+``clip(coverage / 0.95, 0, 1)``); success: ``info["is_success"]`` at any step, reported with a 95%
+Wilson score interval; latency: wall-clock time of each batched policy call (one per planned
+chunk). A task may name extra info keys to track (``episode_info_keys`` in its env's metadata):
+each gives a ``max_<key>`` and ``final_<key>`` column and their means in the summary.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-#: Coverage at which Push-T counts as solved (and the episode terminates).
-SUCCESS_COVERAGE = 0.95
 #: Two-sided 95% normal quantile.
 Z_95 = 1.959963984540054
-
-
-def coverage_score(coverage: float) -> float:
-    """Reward of one step: ``clip(coverage / 0.95, 0, 1)``."""
-    return float(np.clip(coverage / SUCCESS_COVERAGE, 0.0, 1.0))
 
 
 def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
@@ -46,22 +41,20 @@ class EpisodeResult:
     episode: int  # index in the evaluated seed list
     seed: int
     length: int  # control steps taken
-    max_coverage: float
-    final_coverage: float
-    success: bool  # coverage > 0.95 at some step
+    score: float  # best per-step reward of the episode
+    success: bool  # info["is_success"] at some step
     first_success_step: int  # 1-based step of the first success, -1 if none
     n_plans: int  # chunks planned during the episode
-
-    @property
-    def score(self) -> float:
-        return coverage_score(self.max_coverage)
+    extras: dict[str, float] = field(default_factory=dict)  # max_<key> / final_<key> of tracked info keys
 
     def as_row(self) -> dict:
-        return {**asdict(self), "score": self.score}
+        """CSV row: the fixed columns, then the task's extra columns."""
+        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extras"}
+        return {**row, **self.extras}
 
-    @classmethod
-    def columns(cls) -> list[str]:
-        return [f.name for f in fields(cls)] + ["score"]
+    @staticmethod
+    def columns(extra_names: Sequence[str] = ()) -> list[str]:
+        return [f.name for f in fields(EpisodeResult) if f.name != "extras"] + list(extra_names)
 
 
 def _percentile_ms(latencies_s: Sequence[float], q: float) -> float:
@@ -81,8 +74,8 @@ def summarize(episodes: Sequence[EpisodeResult], latencies_s: Sequence[float] = 
         "success_rate": successes / n if n else nan,
         "success_ci95": [lo, hi],
         "n_successes": int(successes),
-        "mean_max_coverage": float(np.mean([e.max_coverage for e in episodes])) if n else nan,
-        "mean_final_coverage": float(np.mean([e.final_coverage for e in episodes])) if n else nan,
+        **{f"mean_{name}": float(np.mean([e.extras[name] for e in episodes])) if n else nan
+           for name in (episodes[0].extras if n else {})},
         "mean_length": total_steps / n if n else nan,
         "latency_p50_ms": _percentile_ms(latencies_s, 50),
         "latency_p95_ms": _percentile_ms(latencies_s, 95),

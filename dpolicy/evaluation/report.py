@@ -1,8 +1,8 @@
 """Files an evaluation leaves behind: metrics JSON, per-episode CSV, videos, final-frame grid.
 
-Frames are drawn from the recorded Push-T states with ``envs.pusht.render.render_state``:
-goal, block and agent, the executed target and the whole predicted action sequence of the
-plan it came from, plus the step and the coverage.
+Frames are what the environment's ``render()`` returned during the rollout (whatever the task
+draws: for Push-T the goal, block, agent and the executed target), scaled to the video size and
+captioned with the step and its reward.
 """
 
 from __future__ import annotations
@@ -49,17 +49,13 @@ def write_metrics(path: Path, metrics: Mapping) -> None:
     path.write_text(json.dumps(_jsonable(dict(metrics)), indent=2) + "\n")
 
 
-def write_episodes_csv(path: Path, results: Sequence[EpisodeResult]) -> None:
-    """One row per finished episode, in seed-list order."""
+def write_episodes_csv(path: Path, results: Sequence[EpisodeResult], extra_names: Sequence[str] = ()) -> None:
+    """One row per finished episode, in seed-list order (floats with 6 decimals)."""
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=EpisodeResult.columns())
+        writer = csv.DictWriter(f, fieldnames=EpisodeResult.columns(extra_names))
         writer.writeheader()
         for r in results:
-            row = r.as_row()
-            row["max_coverage"] = f"{r.max_coverage:.6f}"
-            row["final_coverage"] = f"{r.final_coverage:.6f}"
-            row["score"] = f"{r.score:.6f}"
-            writer.writerow(row)
+            writer.writerow({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in r.as_row().items()})
 
 
 def _caption(image: np.ndarray, lines: Sequence[str], color=(0, 0, 0)) -> np.ndarray:
@@ -76,21 +72,23 @@ def _caption(image: np.ndarray, lines: Sequence[str], color=(0, 0, 0)) -> np.nda
     return image
 
 
-def episode_frames(trace, size: int = VIDEO_SIZE) -> list[np.ndarray]:
-    """Frames of a traced episode: the state before each action, with that plan drawn in."""
-    from envs.pusht.render import render_state
+def _fit(frame: np.ndarray, size: int) -> np.ndarray:
+    """A rendered frame scaled to ``size`` x ``size`` (nearest neighbour keeps thin lines crisp)."""
+    import cv2
 
+    frame = np.ascontiguousarray(frame, dtype=np.uint8)
+    if frame.shape[:2] == (size, size):
+        return frame.copy()
+    interpolation = cv2.INTER_NEAREST if frame.shape[0] < size else cv2.INTER_AREA
+    return cv2.resize(frame, (size, size), interpolation=interpolation)
+
+
+def episode_frames(trace, size: int = VIDEO_SIZE) -> list[np.ndarray]:
+    """Frames of a traced episode (the reset frame, then one per step), captioned with step and reward."""
     frames = []
-    n = len(trace.actions)
-    for t in range(n + 1):
-        state = trace.states[t]
-        if t < n:
-            image = render_state(state, size=size, action_path=trace.predictions[t], target=trace.actions[t])
-        else:
-            image = render_state(state, size=size)
-        cov = trace.coverages[t - 1] if t > 0 else float("nan")
-        image = _caption(image, [f"step {t}", f"coverage {cov:.3f}" if t > 0 else "start"])
-        frames.append(image)
+    for t, frame in enumerate(trace.frames):
+        caption = [f"step {t}", f"reward {trace.rewards[t - 1]:.3f}" if t > 0 else "start"]
+        frames.append(_caption(_fit(frame, size), caption))
     return frames
 
 
@@ -115,54 +113,49 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: int = VIDEO_FPS) 
     return path
 
 
-def final_frame_grid(results: Sequence[EpisodeResult], final_states: Mapping[int, np.ndarray | None],
+def final_frame_grid(results: Sequence[EpisodeResult], final_frames: Mapping[int, np.ndarray],
                      tile: int = GRID_TILE, max_episodes: int = GRID_MAX_EPISODES) -> np.ndarray | None:
-    """Final frame of each episode (seed, best coverage; green border = success), tiled in rows of 10."""
+    """Final frame of each episode (seed and score; green border = success), tiled in rows of 10."""
     import cv2
 
-    from envs.pusht.render import render_state
-
-    shown = [r for r in results if final_states.get(r.episode) is not None][:max_episodes]
+    shown = [r for r in results if r.episode in final_frames][:max_episodes]
     if not shown:
         return None
     cols = min(10, len(shown))
     rows = math.ceil(len(shown) / cols)
     grid = np.full((rows * tile, cols * tile, 3), 255, dtype=np.uint8)
     for k, r in enumerate(shown):
-        image = render_state(final_states[r.episode], size=tile)
+        image = _fit(final_frames[r.episode], tile)
         color = (40, 160, 40) if r.success else (200, 40, 40)
         image = cv2.copyMakeBorder(image[3:-3, 3:-3], 3, 3, 3, 3, cv2.BORDER_CONSTANT, value=color)
-        image = _caption(image, [f"{r.seed}", f"{r.max_coverage:.2f}"])
+        image = _caption(image, [f"{r.seed}", f"{r.score:.2f}"])
         y, x = divmod(k, cols)
         grid[y * tile:(y + 1) * tile, x * tile:(x + 1) * tile] = image
     return grid
 
 
 def write_report(out_dir: Path, metrics: dict, results: Sequence[EpisodeResult], traces: Mapping,
-                 final_states: Mapping[int, np.ndarray | None], video_format: str = "mp4") -> None:
-    """Write everything into ``out_dir``; the names of the written files are added to ``metrics``."""
+                 final_frames: Mapping[int, np.ndarray], extra_names: Sequence[str] = (),
+                 video_format: str = "mp4") -> None:
+    """Write everything into ``out_dir``; the names of the written files are added to ``metrics``.
+
+    ``extra_names``: the tracked info keys (columns ``max_<key>``, ``final_<key>``)."""
     if video_format not in VIDEO_FORMATS:
         raise ValueError(f"video_format must be one of {VIDEO_FORMATS}, got {video_format!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_episodes_csv(out_dir / EPISODES_FILE, results)
+    columns = [f"{kind}_{key}" for key in extra_names for kind in ("max", "final")]
+    write_episodes_csv(out_dir / EPISODES_FILE, results, columns)
     files = [EPISODES_FILE]
-    has_states = any(s is not None for s in final_states.values())
-    if has_states:
-        grid = final_frame_grid(results, final_states)
-        if grid is not None:
-            import imageio.v3 as iio
+    grid = final_frame_grid(results, final_frames)
+    if grid is not None:
+        import imageio.v3 as iio
 
-            iio.imwrite(out_dir / GRID_FILE, grid)
-            files.append(GRID_FILE)
-        for episode in sorted(traces):
-            trace = traces[episode]
-            if any(s is None for s in trace.states):
-                continue
-            seed = next(r.seed for r in results if r.episode == episode)
-            name = f"episode_{episode:03d}_seed_{seed}.{video_format}"
-            path = write_video(out_dir / name, episode_frames(trace))
-            files.append(path.name)
-    elif results:
-        metrics["frames_note"] = "the environment's info has no agent/block state: no videos or frame grid"
+        iio.imwrite(out_dir / GRID_FILE, grid)
+        files.append(GRID_FILE)
+    for episode in sorted(traces):
+        seed = next(r.seed for r in results if r.episode == episode)
+        name = f"episode_{episode:03d}_seed_{seed}.{video_format}"
+        path = write_video(out_dir / name, episode_frames(traces[episode]))
+        files.append(path.name)
     metrics["files"] = [METRICS_FILE, *files]
     write_metrics(out_dir / METRICS_FILE, metrics)

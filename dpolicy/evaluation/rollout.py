@@ -21,9 +21,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dpolicy.control import ChunkController
-from dpolicy.evaluation.metrics import SUCCESS_COVERAGE, EpisodeResult, summarize
+from dpolicy.evaluation.metrics import EpisodeResult, summarize
 from dpolicy.evaluation.protocols import protocol_seeds
-from dpolicy.evaluation.vector import make_vector_env, pause_action
+from dpolicy.evaluation.vector import RECORD_OPTION, make_vector_env, pause_action, renders_frames
 
 #: Most environments run at once when ``n_envs`` is not given (more only add processes).
 DEFAULT_MAX_ENVS = 50
@@ -37,14 +37,19 @@ class EvaluationInterrupted(KeyboardInterrupt):
         self.metrics = metrics
 
 
+#: Key of an environment's ``metadata`` that names the info values to track per episode
+#: (each gives ``max_<key>`` and ``final_<key>`` columns), e.g. Push-T's ``("coverage",)``.
+EPISODE_INFO_KEYS = "episode_info_keys"
+
+
 @dataclass
 class EpisodeTrace:
-    """States, executed actions and the plan they came from, step by step (for videos)."""
+    """Rendered frames, executed actions, plans and rewards, step by step (for videos)."""
 
-    states: list[np.ndarray] = field(default_factory=list)  # len = steps + 1 (reset state first)
+    frames: list[np.ndarray] = field(default_factory=list)  # len = steps + 1 (the reset frame first)
     actions: list[np.ndarray] = field(default_factory=list)
     predictions: list[np.ndarray | None] = field(default_factory=list)
-    coverages: list[float] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -54,17 +59,16 @@ class _Running:
     episode: int
     seed: int
     length: int = 0
-    max_coverage: float = 0.0
-    final_coverage: float = 0.0
+    score: float = -np.inf
     first_success_step: int = -1
     n_plans: int = 0
+    extras: dict[str, float] = field(default_factory=dict)
     trace: EpisodeTrace | None = None
 
     def result(self) -> EpisodeResult:
-        return EpisodeResult(episode=self.episode, seed=self.seed, length=self.length,
-                             max_coverage=self.max_coverage, final_coverage=self.final_coverage,
+        return EpisodeResult(episode=self.episode, seed=self.seed, length=self.length, score=self.score,
                              success=self.first_success_step > 0, first_success_step=self.first_success_step,
-                             n_plans=self.n_plans)
+                             n_plans=self.n_plans, extras=dict(self.extras))
 
 
 def _has_info(info: Mapping, key: str, index: int) -> bool:
@@ -77,17 +81,6 @@ def _info_value(info: Mapping, key: str, index: int, env_id: str):
         raise KeyError(f"environment {env_id!r} did not report {key!r} in its info dict "
                        f"(got keys {sorted(k for k in info if not k.startswith('_'))})")
     return info[key][index]
-
-
-#: Info keys that together give a Push-T state [agent_x, agent_y, block_x, block_y, block_angle].
-STATE_INFO_KEYS = ("agent_pos", "block_pose")
-
-
-def state_from_info(info: Mapping, index: int) -> np.ndarray | None:
-    """Push-T state of sub-environment ``index`` from a vector info dict; None if not reported."""
-    if not all(_has_info(info, key, index) for key in STATE_INFO_KEYS):
-        return None
-    return np.concatenate([np.asarray(info[key][index], dtype=np.float64) for key in STATE_INFO_KEYS])
 
 
 def _select(obs, ids: np.ndarray):
@@ -130,20 +123,26 @@ def _inference(policy, seed: int | None):
 class RolloutRun:
     """One evaluation: plays every seed once; results accumulate as episodes finish.
 
-    ``results``, ``traces`` (first ``n_traces`` episodes) and ``final_states`` are filled in
-    place, so that an interrupted run still holds what it measured.
+    ``results``, ``traces`` (first ``n_traces`` episodes) and ``final_frames`` (with
+    ``record_final``) are filled in place, so that an interrupted run still holds what it measured.
     """
 
     def __init__(self, policy, env_id: str, seeds: list[int], env_kwargs: dict | None = None, n_envs: int = 1,
                  vector: str = "async", max_steps: int = 300, n_traces: int = 0, replan_threshold: int = 0,
-                 max_concurrency: int | None = None):
+                 max_concurrency: int | None = None, record_final: bool = False):
         self.env_id, self.seeds, self.env_kwargs = env_id, list(seeds), dict(env_kwargs or {})
         self.n_envs, self.vector, self.max_steps, self.n_traces = n_envs, vector, int(max_steps), n_traces
         self.max_concurrency = max_concurrency
+        if (n_traces or record_final) and not renders_frames(env_id):
+            n_traces, record_final = 0, False  # the task draws nothing: no videos, no frame grid
+        self.n_traces, self.record_final = n_traces, bool(record_final)
+        if n_traces or record_final:
+            self.env_kwargs.setdefault("render_mode", "rgb_array")
         self.controller = ChunkController(policy, n_envs=n_envs, replan_threshold=replan_threshold)
         self.results: list[EpisodeResult] = []
         self.traces: dict[int, EpisodeTrace] = {}
-        self.final_states: dict[int, np.ndarray | None] = {}
+        self.final_frames: dict[int, np.ndarray] = {}
+        self.info_keys: tuple[str, ...] = ()
         self._running: list[_Running | None] = [None] * n_envs
         self._next_episode = 0
 
@@ -151,6 +150,7 @@ class RolloutRun:
         """Play all seeds (worker processes are closed, killed on Ctrl-C)."""
         envs = make_vector_env(self.env_id, self.n_envs, self.env_kwargs, self.max_steps, self.vector,
                                self.max_concurrency)
+        self.info_keys = tuple(envs.metadata.get(EPISODE_INFO_KEYS, ()))
         interrupted = False
         bar = tqdm(total=len(self.seeds), desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
         try:
@@ -171,6 +171,7 @@ class RolloutRun:
         vector refuses to carry a finished environment otherwise), then only ever paused.
         """
         reset_seeds: list[int | None] = [None] * self.n_envs
+        record: list[str | None] = [None] * self.n_envs
         mask = np.zeros(self.n_envs, dtype=bool)
         for i in ids:
             self._running[i] = None
@@ -181,17 +182,20 @@ class RolloutRun:
                 trace = EpisodeTrace() if episode < self.n_traces else None
                 self._running[i] = _Running(episode=episode, seed=seed, trace=trace)
                 reset_seeds[i] = seed
+                record[i] = "all" if trace is not None else "final" if self.record_final else None
                 self._next_episode += 1
         if not mask.any():
             return
-        options = None if first else {"reset_mask": mask}
-        obs, info = envs.reset(seed=reset_seeds, options=options)
+        options = {RECORD_OPTION: record} if any(record) else {}
+        if not first:
+            options["reset_mask"] = mask
+        obs, info = envs.reset(seed=reset_seeds, options=options or None)
         started = np.array([i for i in np.flatnonzero(mask) if self._running[i] is not None], dtype=np.int64)
         self.controller.reset(started)
         self.controller.observe(_select(obs, started), started)
         for i in started:
             if self._running[i].trace is not None:
-                self._running[i].trace.states.append(state_from_info(info, i))
+                self._running[i].trace.frames.append(info["frame"][i])
 
     def _loop(self, envs, bar) -> None:
         self._start(envs, range(self.n_envs), first=True)
@@ -204,27 +208,31 @@ class RolloutRun:
             chosen = self.controller.act(active)
             actions = np.tile(idle, (self.n_envs, 1))
             actions[active] = chosen
-            obs, _, terminated, truncated, info = envs.step(actions)
+            obs, rewards, terminated, truncated, info = envs.step(actions)
             self.controller.observe(_select(obs, active), active)
             finished = []
             for row, i in enumerate(active):
                 ep = self._running[i]
-                cov = float(_info_value(info, "coverage", i, self.env_id))
+                reward = float(rewards[i])
                 ep.length += 1
                 ep.n_plans += int(i in planning)
-                ep.final_coverage = cov
-                ep.max_coverage = max(ep.max_coverage, cov)
-                if cov > SUCCESS_COVERAGE and ep.first_success_step < 0:
+                ep.score = max(ep.score, reward)
+                if _has_info(info, "is_success", i) and bool(info["is_success"][i]) and ep.first_success_step < 0:
                     ep.first_success_step = ep.length
+                for key in self.info_keys:
+                    value = float(_info_value(info, key, i, self.env_id))
+                    ep.extras[f"max_{key}"] = max(ep.extras.get(f"max_{key}", -np.inf), value)
+                    ep.extras[f"final_{key}"] = value
                 if ep.trace is not None:
-                    ep.trace.states.append(state_from_info(info, i))
+                    ep.trace.frames.append(info["frame"][i])
                     ep.trace.actions.append(np.asarray(chosen[row], dtype=np.float64))
                     ep.trace.predictions.append(self.controller.last_prediction[i])
-                    ep.trace.coverages.append(cov)
+                    ep.trace.rewards.append(reward)
                 if terminated[i] or truncated[i] or ep.length >= self.max_steps:
                     finished.append(i)
                     self.results.append(ep.result())
-                    self.final_states[ep.episode] = state_from_info(info, i)
+                    if _has_info(info, "final_frame", i):
+                        self.final_frames[ep.episode] = info["final_frame"][i]
                     if ep.trace is not None:
                         self.traces[ep.episode] = ep.trace
             if finished:
@@ -270,7 +278,7 @@ def evaluate(policy, env_id: str, seeds: str | Iterable[int], env_kwargs: dict |
     n_traces = min(n_videos, len(seed_list)) if out_dir is not None else 0
     run = RolloutRun(policy, env_id, seed_list, env_kwargs=env_kwargs, n_envs=n_envs, vector=vector,
                      max_steps=max_steps, n_traces=n_traces, replan_threshold=replan_threshold,
-                     max_concurrency=max_concurrency)
+                     max_concurrency=max_concurrency, record_final=out_dir is not None)
     start = time.perf_counter()
     interrupted = False
     try:
@@ -291,7 +299,8 @@ def evaluate(policy, env_id: str, seeds: str | Iterable[int], env_kwargs: dict |
         from dpolicy.evaluation.report import write_report
 
         metrics["out_dir"] = str(Path(out_dir))
-        write_report(Path(out_dir), metrics, results, run.traces, run.final_states, video_format=video_format)
+        write_report(Path(out_dir), metrics, results, run.traces, run.final_frames, run.info_keys,
+                     video_format=video_format)
     if interrupted:
         raise EvaluationInterrupted(metrics)
     return metrics

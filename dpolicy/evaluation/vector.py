@@ -26,22 +26,39 @@ def pause_action(action_space: gym.spaces.Box) -> np.ndarray:
     return np.full(action_space.shape, np.nan, dtype=np.float64)
 
 
+#: Reset option (a list with one entry per sub-environment) that says which frames to record:
+#: "all" (every step, for videos), "final" (the last frame of the episode) or None.
+RECORD_OPTION = "record_frames"
+
+
 class PausableEnv(gym.Wrapper):
-    """Skips the step when the action is all NaN (returns the last observation, reward 0).
+    """Skips the step when the action is all NaN (returns the last observation, reward 0), and
+    records rendered frames on request.
 
     ``info`` of a skipped step is ``{"paused": True}``; :attr:`n_steps` counts the steps that
-    reached the environment since the last reset.
+    reached the environment since the last reset. With ``max_steps`` the episode is truncated
+    after that many steps whatever the environment's own limit. ``reset(options={RECORD_OPTION:
+    [mode per sub-env]})`` makes the sub-environment at ``index`` put ``env.render()`` into
+    ``info["frame"]`` (mode "all": at reset and every step) or into ``info["final_frame"]`` when
+    the episode ends (modes "all" and "final").
     """
 
-    def __init__(self, env: gym.Env):
+    def __init__(self, env: gym.Env, index: int = 0, max_steps: int | None = None):
         super().__init__(env)
+        self.index, self.max_steps = int(index), max_steps
         self._last_obs = None
+        self._record: str | None = None
         self.n_steps = 0
 
     def reset(self, *, seed=None, options=None):
-        obs, info = self.env.reset(seed=seed, options=options)
+        options = dict(options or {})
+        modes = options.pop(RECORD_OPTION, None)
+        self._record = modes[self.index] if modes is not None else None
+        obs, info = self.env.reset(seed=seed, options=options or None)
         self._last_obs = obs
         self.n_steps = 0
+        if self._record == "all":
+            info = {**info, "frame": self._frame()}
         return obs, info
 
     def step(self, action):
@@ -52,7 +69,21 @@ class PausableEnv(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._last_obs = obs
         self.n_steps += 1
+        if self.max_steps is not None and self.n_steps >= self.max_steps:
+            truncated = True
+        if self._record == "all":
+            info = {**info, "frame": self._frame()}
+        if self._record is not None and (terminated or truncated):
+            info = {**info, "final_frame": info["frame"] if "frame" in info else self._frame()}
         return obs, reward, terminated, truncated, info
+
+    def _frame(self) -> np.ndarray:
+        frame = self.env.render()
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
+            raise RuntimeError(f"{self.env.spec.id if self.env.spec else type(self.env.unwrapped).__name__}: "
+                               f"render() must return an (H, W, 3) uint8 frame for videos, got "
+                               f"{type(frame).__name__}; create it with render_mode='rgb_array'")
+        return np.asarray(frame, dtype=np.uint8)
 
 
 def _ensure_registered(env_id: str) -> None:
@@ -66,7 +97,18 @@ def _ensure_registered(env_id: str) -> None:
         pass  # gym.make reports the unknown id
 
 
-def make_env(env_id: str, env_kwargs: dict | None = None, max_steps: int | None = None) -> PausableEnv:
+def renders_frames(env_id: str) -> bool:
+    """Whether the registered environment declares ``render_mode="rgb_array"`` support."""
+    _ensure_registered(env_id)
+    try:
+        creator = gym.envs.registration.load_env_creator(gym.spec(env_id).entry_point)
+    except (gym.error.Error, ImportError, AttributeError, ValueError):
+        return False
+    return "rgb_array" in getattr(creator, "metadata", {}).get("render_modes", ())
+
+
+def make_env(env_id: str, env_kwargs: dict | None = None, max_steps: int | None = None,
+             index: int = 0) -> PausableEnv:
     """One pausable environment; ``max_steps`` overrides the registered episode limit."""
     _ensure_registered(env_id)
     kwargs = dict(env_kwargs or {})
@@ -77,10 +119,11 @@ def make_env(env_id: str, env_kwargs: dict | None = None, max_steps: int | None 
     if max_steps is not None and isinstance(getattr(base, "max_episode_steps", None), int):
         # environments that count their own limit (PushTEnv truncates at 300) must not cut earlier
         base.max_episode_steps = int(max_steps)
-    return PausableEnv(env)
+    return PausableEnv(env, index=index, max_steps=max_steps)
 
 
-def _make_worker_env(owner_pid: int, env_id: str, env_kwargs: dict, max_steps: int | None) -> PausableEnv:
+def _make_worker_env(owner_pid: int, env_id: str, env_kwargs: dict, max_steps: int | None,
+                     index: int) -> PausableEnv:
     """:func:`make_env` for an async worker, which leaves Ctrl-C to the owner (it closes the workers).
 
     The vector env also calls this once in the owner process itself (to read the spaces); the
@@ -88,7 +131,7 @@ def _make_worker_env(owner_pid: int, env_id: str, env_kwargs: dict, max_steps: i
     """
     if os.getpid() != owner_pid:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return make_env(env_id, env_kwargs, max_steps)
+    return make_env(env_id, env_kwargs, max_steps, index)
 
 
 def make_vector_env(env_id: str, n_envs: int, env_kwargs: dict | None = None, max_steps: int | None = None,
@@ -102,9 +145,9 @@ def make_vector_env(env_id: str, n_envs: int, env_kwargs: dict | None = None, ma
     if n_envs < 1:
         raise ValueError(f"n_envs must be >= 1, got {n_envs}")
     if vector == "sync":
-        fns = [partial(make_env, env_id, dict(env_kwargs or {}), max_steps) for _ in range(n_envs)]
+        fns = [partial(make_env, env_id, dict(env_kwargs or {}), max_steps, i) for i in range(n_envs)]
         return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED)
     owner = os.getpid()
-    fns = [partial(_make_worker_env, owner, env_id, dict(env_kwargs or {}), max_steps) for _ in range(n_envs)]
+    fns = [partial(_make_worker_env, owner, env_id, dict(env_kwargs or {}), max_steps, i) for i in range(n_envs)]
     return AsyncVectorEnv(fns, shared_memory=True, autoreset_mode=AutoresetMode.DISABLED,
                           max_concurrency=max_concurrency)

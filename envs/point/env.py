@@ -121,6 +121,10 @@ class PointReachEnv(gym.Env):
         return frame
 
     # ------------------------------------------------------------------ helpers
+    def hold_action(self) -> np.ndarray:
+        """The action that keeps the point where it is (its position as the target)."""
+        return self.position.astype(np.float64).copy()
+
     def _observation(self) -> np.ndarray:
         return np.concatenate([self.position, self.goal]).astype(np.float32)
 

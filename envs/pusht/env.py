@@ -44,7 +44,9 @@ IMAGE_SIZE = 96
 class PushTEnv(gym.Env):
     """Push a T-shaped block onto a goal pose with a circular agent (10 Hz control)."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+    # episode_info_keys: info values an evaluator tracks per episode (best and final), beside the
+    # reward and info["is_success"] that every task reports.
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10, "episode_info_keys": ("coverage",)}
 
     def __init__(self, obs_type: str = "state", render_mode: str | None = None, render_size: int = 96,
                  max_episode_steps: int = MAX_EPISODE_STEPS, render_action: bool = True):
@@ -150,6 +152,10 @@ class PushTEnv(gym.Env):
         return self.renderer.render(self.sim.get_state(), self.render_size, **overlays)
 
     # ------------------------------------------------------------------ helpers
+    def hold_action(self) -> np.ndarray:
+        """The action that keeps the agent where it is (its current position as the target)."""
+        return self.sim.agent_pos.copy()
+
     def get_state(self) -> np.ndarray:
         """The current ``[agent_x, agent_y, block_x, block_y, block_angle]``."""
         return self.sim.get_state()

@@ -30,9 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpolicy.config import compose_config
     from dpolicy.evaluation import evaluate, protocol_seeds
     from dpolicy.training.checkpoint import load_policy
-    from dpolicy.training.config import compose_config
     from dpolicy.training.trainer import Trainer
 
     out = Path(args.out)

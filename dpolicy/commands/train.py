@@ -7,7 +7,7 @@ import json
 
 from omegaconf import OmegaConf
 
-from dpolicy.training.config import DEFAULT_CONFIG, available_configs, compose_config
+from dpolicy.config import DEFAULT_CONFIG, available_configs, compose_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
