@@ -1,6 +1,7 @@
 """Hydra config composition for `dpolicy train` (and the demo).
 
-Configs live in the repository's top-level ``configs/`` directory: an experiment file
+Configs live in the repository's top-level ``configs/`` directory (shipped in the package as
+``dpolicy/resources/configs``): an experiment file
 (``pusht_lowdim``, ``pusht_image``, their ``_paper`` variants, ...) composed from the groups
 ``task/``, ``policy/`` and ``training/``. Two resolvers name datasets without hard-coding
 paths: ``${dataset:human}`` (the original human Push-T demonstrations, see dpolicy.paths) and
@@ -9,14 +10,13 @@ paths: ``${dataset:human}`` (the original human Push-T demonstrations, see dpoli
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from omegaconf import DictConfig, OmegaConf
 
-from dpolicy.paths import EMBEDDED_PUSHT, REPO_ROOT, human_pusht_path
+from dpolicy.paths import CONFIG_DIR, EMBEDDED_PUSHT, human_pusht_path
 
-CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULT_CONFIG = "pusht_lowdim"
+#: Top-level config files that are not experiments (keys the experiments include).
+SHARED_CONFIGS = ("common",)
 
 
 def _dataset_path(name: str) -> str:
@@ -37,7 +37,8 @@ if not OmegaConf.has_resolver("dataset"):
 
 
 def available_configs() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    """Names of the experiment configs (``configs/<name>.yaml``)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem not in SHARED_CONFIGS)
 
 
 def compose_config(config_name: str = DEFAULT_CONFIG, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -48,6 +49,6 @@ def compose_config(config_name: str = DEFAULT_CONFIG, overrides: list[str] | tup
     if config_name not in available_configs():
         raise ValueError(f"unknown config {config_name!r}; available: {', '.join(available_configs())}")
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(Path(CONFIG_DIR).resolve()), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR.resolve()), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides))
     return cfg

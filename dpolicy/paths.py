@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: The checkout (or, for an installed wheel, the folder holding the package).
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-#: The embedded expert dataset that ships in the repository (see data/README.md).
-EMBEDDED_PUSHT = REPO_ROOT / "data" / "pusht" / "pusht_expert.zarr"
+#: Files that ship with the package (links to the top-level configs/ and data/ in a checkout).
+RESOURCES = Path(__file__).parent / "resources"
+#: The hydra configs.
+CONFIG_DIR = RESOURCES / "configs"
+#: The embedded expert dataset (see data/README.md).
+EMBEDDED_PUSHT = RESOURCES / "data" / "pusht" / "pusht_expert.zarr"
 
 
 def human_pusht_path() -> Path | None:

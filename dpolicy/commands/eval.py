@@ -63,7 +63,7 @@ def format_summary(m: dict) -> str:
     lo, hi = m["success_ci95"]
     lines = [
         f"episodes        {m['n_episodes']}" + (" (interrupted)" if m.get("interrupted") else ""),
-        f"score           {m['score']:.4f}   (mean max clip(coverage/0.95))",
+        f"score           {m['score']:.4f}   (mean over episodes of the best reward)",
         f"success rate    {m['success_rate']:.3f}   95% CI [{lo:.3f}, {hi:.3f}]",
         f"mean length     {m['mean_length']:.1f} steps",
         f"policy latency  p50 {m['latency_p50_ms']:.1f} ms, p95 {m['latency_p95_ms']:.1f} ms per chunk "

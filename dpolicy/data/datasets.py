@@ -14,7 +14,7 @@ each window, actions all ``horizon`` steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,6 +202,24 @@ def _load(buffer: ReplayBuffer, obs: Mapping[str, ObsSource], action_key: str,
     lengths = buffer.episode_lengths[episodes]
     return _Loaded(obs=features, action=action, episode_ends=np.cumsum(lengths),
                    position={int(e): i for i, e in enumerate(episodes)})
+
+
+# ---------------------------------------------------------------------------------- generic
+def _flat_concat(*arrays: np.ndarray) -> np.ndarray:
+    return np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1)
+
+
+def make_lowdim_dataset(path: str | Path, obs_arrays: Mapping[str, Sequence[int]], action_key: str = "action",
+                        action_shape: Sequence[int] = (2,), horizon: int = 16, n_obs_steps: int = 2,
+                        n_action_steps: int = 8, val_ratio: float = 0.02, seed: int = 42,
+                        max_train_episodes: int | None = None) -> WindowDataset:
+    """Any task with vector observations, described in a config: obs key "obs" is the per-step
+    concatenation (flattened, in the given order) of the arrays ``obs_arrays`` = {array: per-step shape}."""
+    inputs = {str(key): tuple(int(n) for n in shape) for key, shape in obs_arrays.items()}
+    return WindowDataset(path, {"obs": ObsSource(inputs, build=_flat_concat)}, action_key=action_key,
+                         action_shape=tuple(int(n) for n in action_shape), horizon=horizon,
+                         n_obs_steps=n_obs_steps, n_action_steps=n_action_steps, val_ratio=val_ratio, seed=seed,
+                         max_train_episodes=max_train_episodes)
 
 
 # ---------------------------------------------------------------------------------- Push-T

@@ -1,7 +1,7 @@
 """Per-episode records and the summary metrics of an evaluation, for any task.
 
-score: mean over episodes of the episode's best per-step reward (for Push-T the paper's
-``clip(coverage / 0.95, 0, 1)``); success: ``info["is_success"]`` at any step, reported with a 95%
+score: mean over episodes of the episode's best per-step reward (the task defines the reward; a
+benchmark's own score is usually its reward); success: ``info["is_success"]`` at any step, reported with a 95%
 Wilson score interval; latency: wall-clock time of each batched policy call (one per planned
 chunk). A task may name extra info keys to track (``episode_info_keys`` in its env's metadata):
 each gives a ``max_<key>`` and ``final_<key>`` column and their means in the summary.

@@ -1,7 +1,7 @@
 """Files an evaluation leaves behind: metrics JSON, per-episode CSV, videos, final-frame grid.
 
 Frames are what the environment's ``render()`` returned during the rollout (whatever the task
-draws: for Push-T the goal, block, agent and the executed target), scaled to the video size and
+draws, e.g. the scene and the executed target), scaled to the video size and
 captioned with the step and its reward.
 """
 

@@ -38,7 +38,7 @@ class EvaluationInterrupted(KeyboardInterrupt):
 
 
 #: Key of an environment's ``metadata`` that names the info values to track per episode
-#: (each gives ``max_<key>`` and ``final_<key>`` columns), e.g. Push-T's ``("coverage",)``.
+#: (each gives ``max_<key>`` and ``final_<key>`` columns), e.g. ``("distance",)``.
 EPISODE_INFO_KEYS = "episode_info_keys"
 
 
@@ -251,7 +251,7 @@ def evaluate(policy, env_id: str, seeds: str | Iterable[int], env_kwargs: dict |
 
     Args:
         policy: object with ``predict_action`` and ``n_obs_steps`` (see ChunkController).
-        env_id: gymnasium id, e.g. ``envs/PushTKeypoints-v0``; its namespace module is imported.
+        env_id: gymnasium id, e.g. ``envs/PointReach-v0``; its namespace module is imported.
         seeds: a protocol name (``paper``, ``large``, ``train``) or a list of seeds.
         n_envs: environments run at once (default: all episodes, at most 50).
         vector: ``async`` (worker processes) or ``sync`` (this process).

@@ -87,7 +87,7 @@ class PausableEnv(gym.Wrapper):
 
 
 def _ensure_registered(env_id: str) -> None:
-    """Import the module named by an id's namespace (``envs/PushT-v0`` -> ``envs``) if needed."""
+    """Import the module named by an id's namespace (``envs/PointReach-v0`` -> ``envs``) if needed."""
     if env_id in gym.registry or ":" in env_id or "/" not in env_id:
         return
     namespace = env_id.split("/", 1)[0]
@@ -117,7 +117,7 @@ def make_env(env_id: str, env_kwargs: dict | None = None, max_steps: int | None 
     env = gym.make(env_id, **kwargs)
     base = env.unwrapped
     if max_steps is not None and isinstance(getattr(base, "max_episode_steps", None), int):
-        # environments that count their own limit (PushTEnv truncates at 300) must not cut earlier
+        # environments that count their own limit (an attribute max_episode_steps) must not cut earlier
         base.max_episode_steps = int(max_steps)
     return PausableEnv(env, index=index, max_steps=max_steps)
 

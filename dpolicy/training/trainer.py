@@ -349,8 +349,8 @@ def compile_networks(policy: torch.nn.Module) -> list[str]:
     """``torch.compile`` each network of ``policy`` in place (its children that hold parameters).
 
     In place, so parameter names, checkpoints and the EMA copy (made before, kept eager) are
-    unaffected. The first training step pays the compilation (about 2 minutes for the Push-T
-    UNet on 2 cores); on CPU it needs a C++ compiler, without one this warns and stays eager.
+    unaffected. The first training step pays the compilation (minutes on a small CPU); on CPU it
+    needs a C++ compiler, without one this warns and stays eager.
     Returns the names of the compiled children.
     """
     if next(policy.parameters()).device.type == "cpu" and not any(
