@@ -57,3 +57,4 @@ def test_point_reach_trains_and_evaluates_through_the_shared_pieces(tmp_path):
     files = set(metrics["files"])
     assert {"metrics.json", "episodes.csv", "final_frames.png"} <= files
     assert any(f.startswith("episode_000_seed_1000.") for f in files)  # a video from env.render()
+

@@ -87,6 +87,17 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+CURVE_PANELS = (("loss", ("train_loss", "val_loss")), ("learning rate", ("lr",)),
+                ("rollout", ("eval/score", "eval/success_rate")))
+
+
+def curve_panels(records: list[dict]) -> list[tuple[str, tuple[str, ...]]]:
+    """The panels of ``curves.png`` that have something to draw (no rollouts: no rollout panel)."""
+    panels = [(title, keys) for title, keys in CURVE_PANELS
+              if any(key in r and math.isfinite(float(r[key])) for r in records for key in keys)]
+    return panels or list(CURVE_PANELS[:1])
+
+
 def plot_curves(log_path: Path, out_path: Path) -> Path:
     import matplotlib
 
@@ -94,10 +105,9 @@ def plot_curves(log_path: Path, out_path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     records = read_log(log_path)
-    panels = [("loss", ["train_loss", "val_loss"]), ("learning rate", ["lr"]),
-              ("rollout", ["eval/score", "eval/success_rate"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
-    for ax, (title, keys) in zip(axes, panels, strict=True):
+    panels = curve_panels(records)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, keys) in zip(axes[0], panels, strict=True):
         for key in keys:
             pts = [(r["step"], r[key]) for r in records if key in r and math.isfinite(float(r[key]))]
             if pts:
