@@ -36,12 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dpolicy.evaluation.protocols import PROTOCOLS
+from envs.pusht.env import MAX_EPISODE_STEPS
 from envs.pusht.recording import EpisodeRecorder
 
-#: Reset seeds of the paper's evaluation protocol (100000..100499): never used for collection.
-EVAL_SEEDS = range(100_000, 100_500)
-#: Episodes longer than this are failures (the benchmark's episode length).
-MAX_EPISODE_STEPS = 300
+#: Reset seeds of the evaluation protocols (the large one holds the paper's): never used for collection.
+EVAL_SEEDS = range(PROTOCOLS["large"][0], PROTOCOLS["large"][0] + PROTOCOLS["large"][1])
+__all__ = ["EVAL_SEEDS", "MAX_EPISODE_STEPS", "EpisodeRecorder"]
 
 
 # ====================================================================== expert episodes

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from dpolicy.collect import map_expert_episodes
+from dpolicy.collect import EVAL_SEEDS, map_expert_episodes
 
 #: Points at which agent trajectories are compared (equal fractions of the episode).
 ROUTE_SAMPLES = 50
@@ -37,7 +37,7 @@ def _seed_range(text: str) -> range:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", type=_seed_range, default=range(100_000, 100_500),
+    parser.add_argument("--seeds", type=_seed_range, default=EVAL_SEEDS,
                         help="environment reset seeds START:STOP for success and speed "
                              "(default 100000:100500)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")

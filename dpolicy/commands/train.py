@@ -6,6 +6,7 @@ import argparse
 import json
 
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from dpolicy.config import DEFAULT_CONFIG, available_configs, compose_config
 
@@ -29,7 +30,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = compose_config(args.config, args.overrides)
     if args.print_config:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
+        try:
+            print(OmegaConf.to_yaml(cfg, resolve=True))
+        except InterpolationResolutionError as exc:  # e.g. a dataset that is not on this machine
+            reason = str(exc.__cause__ or exc).splitlines()[0]
+            print(f"# not resolved: {reason}\n" + OmegaConf.to_yaml(cfg, resolve=False))
         return 0
     from dpolicy.training.trainer import Trainer
 

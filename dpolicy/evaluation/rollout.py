@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from dpolicy.control import ChunkController
 from dpolicy.evaluation.metrics import EpisodeResult, summarize
 from dpolicy.evaluation.protocols import protocol_seeds
-from dpolicy.evaluation.vector import RECORD_OPTION, make_vector_env, pause_action, renders_frames
+from dpolicy.evaluation.vector import RECORD_OPTION, episode_limit, make_vector_env, pause_action, renders_frames
 
 #: Most environments run at once when ``n_envs`` is not given (more only add processes).
 DEFAULT_MAX_ENVS = 50
@@ -128,10 +128,11 @@ class RolloutRun:
     """
 
     def __init__(self, policy, env_id: str, seeds: list[int], env_kwargs: dict | None = None, n_envs: int = 1,
-                 vector: str = "async", max_steps: int = 300, n_traces: int = 0, replan_threshold: int = 0,
+                 vector: str = "async", max_steps: int | None = None, n_traces: int = 0, replan_threshold: int = 0,
                  max_concurrency: int | None = None, record_final: bool = False):
         self.env_id, self.seeds, self.env_kwargs = env_id, list(seeds), dict(env_kwargs or {})
-        self.n_envs, self.vector, self.max_steps, self.n_traces = n_envs, vector, int(max_steps), n_traces
+        self.n_envs, self.vector, self.n_traces = n_envs, vector, n_traces
+        self.max_steps = episode_limit(env_id, self.env_kwargs) if max_steps is None else int(max_steps)
         self.max_concurrency = max_concurrency
         if (n_traces or record_final) and not renders_frames(env_id):
             n_traces, record_final = 0, False  # the task draws nothing: no videos, no frame grid
@@ -243,7 +244,7 @@ class RolloutRun:
 
 
 def evaluate(policy, env_id: str, seeds: str | Iterable[int], env_kwargs: dict | None = None,
-             n_envs: int | None = None, vector: str = "async", max_steps: int = 300,
+             n_envs: int | None = None, vector: str = "async", max_steps: int | None = None,
              out_dir: str | os.PathLike | None = None, n_videos: int = 0, progress: bool = True,
              replan_threshold: int = 0, policy_seed: int | None = 0, video_format: str = "mp4",
              metadata: Mapping | None = None, max_concurrency: int | None = None) -> dict:
@@ -255,7 +256,8 @@ def evaluate(policy, env_id: str, seeds: str | Iterable[int], env_kwargs: dict |
         seeds: a protocol name (``paper``, ``large``, ``train``) or a list of seeds.
         n_envs: environments run at once (default: all episodes, at most 50).
         vector: ``async`` (worker processes) or ``sync`` (this process).
-        max_steps: episode limit in control steps.
+        max_steps: episode limit in control steps (default: the environment's own, see
+            :func:`~dpolicy.evaluation.vector.episode_limit`).
         out_dir: when given, ``metrics.json``, ``episodes.csv``, the final-frame grid
             ``final_frames.png`` and ``n_videos`` videos of the first episodes are written there.
         replan_threshold: plan again when this many actions are still queued (0: at the end).
@@ -270,7 +272,7 @@ def evaluate(policy, env_id: str, seeds: str | Iterable[int], env_kwargs: dict |
         Ctrl-C raises :class:`EvaluationInterrupted` after writing the partial results.
     """
     seed_list = protocol_seeds(seeds)
-    if max_steps < 1:
+    if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     if n_videos < 0:
         raise ValueError(f"n_videos must be >= 0, got {n_videos}")
@@ -291,7 +293,7 @@ def evaluate(policy, env_id: str, seeds: str | Iterable[int], env_kwargs: dict |
     metrics = summarize(results, run.controller.plan_latencies_s, run.controller.plan_batch_sizes, wall_s)
     metrics.update({
         "env_id": env_id, "env_kwargs": dict(env_kwargs or {}), "n_envs": n_envs, "vector": vector,
-        "max_steps": int(max_steps), "replan_threshold": int(replan_threshold),
+        "max_steps": run.max_steps, "replan_threshold": int(replan_threshold),
         "n_seeds": len(seed_list), "first_seed": seed_list[0], "interrupted": interrupted,
         **dict(metadata or {}),
     })

@@ -107,6 +107,23 @@ def renders_frames(env_id: str) -> bool:
     return "rgb_array" in getattr(creator, "metadata", {}).get("render_modes", ())
 
 
+def episode_limit(env_id: str, env_kwargs: dict | None = None) -> int:
+    """The environment's own episode limit: its registration's ``max_episode_steps``, else the
+    ``max_episode_steps`` attribute an environment that counts its own limit carries."""
+    _ensure_registered(env_id)
+    spec_limit = gym.spec(env_id).max_episode_steps
+    if spec_limit:
+        return int(spec_limit)
+    env = gym.make(env_id, **dict(env_kwargs or {}))
+    try:
+        limit = getattr(env.unwrapped, "max_episode_steps", None)
+    finally:
+        env.close()
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"{env_id}: the environment declares no episode limit; pass max_steps")
+    return limit
+
+
 def make_env(env_id: str, env_kwargs: dict | None = None, max_steps: int | None = None,
              index: int = 0) -> PausableEnv:
     """One pausable environment; ``max_steps`` overrides the registered episode limit."""
