@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vector", choices=VECTOR_KINDS, default="async",
                         help="async: environments in worker processes (default); sync: in this process")
     parser.add_argument("--max-steps", type=int, default=None,
-                        help="episode limit (default: the task's, 300)")
+                        help="episode limit (default: the task's)")
     parser.add_argument("--videos", type=int, default=4, help="videos of the first K episodes (default 4)")
     parser.add_argument("--video-format", choices=VIDEO_FORMATS, default="mp4")
     parser.add_argument("--replan-threshold", type=int, default=0,
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     task = cfg.task
     env_id = args.env_id or str(task.env_id)
     env_kwargs = OmegaConf.to_container(task.env_kwargs, resolve=True) if task.get("env_kwargs") else {}
-    max_steps = args.max_steps or int(task.get("max_steps", 300))
+    max_steps = args.max_steps or task.get("max_steps")
     out_dir = args.out or default_out_dir(args.checkpoint, args.protocol)
     try:
         metrics = evaluate(policy, env_id, args.protocol, env_kwargs=env_kwargs, n_envs=args.n_envs,
