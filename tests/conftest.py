@@ -9,6 +9,20 @@ import pytest
 from dpolicy.paths import human_pusht_path
 
 
+@pytest.fixture(autouse=True)
+def torch_single_thread():
+    """Every test runs with one torch thread (the CI machine's 2 cores are shared; results do not
+    depend on the thread count); the previous count is restored afterwards, even when the test or
+    the code under test (e.g. ``training.num_threads``) changed it. A test that needs more threads
+    sets them itself."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def human_dataset_path():
     path = human_pusht_path()

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from dpolicy.cli import main
-from dpolicy.data.normalizer import Normalizer
 from dpolicy.commands.eval import default_out_dir
+from dpolicy.data.normalizer import Normalizer
 from dpolicy.policies.diffusion import DiffusionPolicy
 from dpolicy.training.checkpoint import save_checkpoint
 

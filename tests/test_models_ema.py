@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -73,3 +75,43 @@ def test_rejects_mismatched_model():
     ema = EMA(_Net())
     with pytest.raises(ValueError):
         ema.step(nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2)))
+
+
+
+def _documented_decay(n_updates_before: int, power: float, max_value: float) -> float:
+    """The next update's decay written out from the module docstring (update_after_step=0, inv_gamma=1)."""
+    s = n_updates_before - 1
+    return 0.0 if s <= 0 else min(1.0 - (1.0 + s) ** -power, max_value)
+
+
+def test_the_average_moves_toward_changing_weights_by_the_documented_decay():
+    net = nn.Linear(3, 2).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(-5.0)
+    ema = EMA(net, power=0.75, max_value=0.7)  # a low cap, so that it is reached within 10 updates
+    # The weights jump around, then stay put: the average must then close the gap geometrically.
+    targets = [2.0, -1.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    expected, decays = -5.0, []
+    for n, target in enumerate(targets):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.fill_(target)
+        gap_before = target - ema.averaged_model.weight.detach().clone()
+        ema.step(net)
+        decay = _documented_decay(n, power=0.75, max_value=0.7)
+        decays.append(decay)
+        expected = decay * expected + (1.0 - decay) * target
+        assert ema.decay == pytest.approx(decay)
+        for avg in ema.averaged_model.parameters():
+            torch.testing.assert_close(avg, torch.full_like(avg, expected))
+        # toward the current weights, by exactly (1 - decay) of the remaining gap
+        torch.testing.assert_close(target - ema.averaged_model.weight, decay * gap_before)
+    # two plain copies, then a warm-up decay that grows until it hits the cap
+    assert decays[:2] == [0.0, 0.0]
+    assert decays[2] == pytest.approx(1 - 2 ** -0.75) and decays[3] == pytest.approx(1 - 3 ** -0.75)
+    assert 0.0 < decays[2] < decays[3] < decays[4] < 0.7 and decays[5:] == [0.7] * 5
+    # from -1 (the copy of update 2) toward 4: most of the way there, never overshooting
+    assert expected == pytest.approx(4.0 - 5.0 * math.prod(decays[2:]))
+    assert 3.8 < float(ema.averaged_model.weight[0, 0]) < 4.0
+    assert torch.equal(net.weight, torch.full((2, 3), 4.0, dtype=torch.float64))  # the model is not touched

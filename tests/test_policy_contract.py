@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_golden import SPEC, _batch, _make, _normalizer
 from dpolicy.policies.base import Policy
+from tests.test_golden import SPEC, _batch, _make, _normalizer
 
 
 class _Recorder(Policy):

@@ -1,32 +1,112 @@
 """The real-time runner: inference off the loop, timestamps, latency compensation, safety, watchdog, shutdown.
 
-Timing tests run at 20 Hz with generous margins (the CI machine has 2 loaded cores): they assert
-behaviour (which thread ran the policy, which action went out at which tick), not tight timings.
+The loop runs on a simulated clock (:class:`SimClock`, passed as the robot's clock and the runner's
+``sleep``): time advances only when the loop sleeps, and a policy "takes" time by waiting for the
+clock. So every count these tests assert (ticks, held ticks, chunks, misses) follows from the
+simulated latencies alone, whatever the load of the machine. One test keeps the real clock: the
+default sleep, which :meth:`RealtimeRunner.stop` interrupts.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from test_export import one_torch_thread  # noqa: F401 (autouse fixture: 1 torch thread)
 
 from dpolicy.control.realtime import RealtimeRunner, SafetyLimits, SlowedPolicy
-from dpolicy.control.robot import Command, Observation, Robot, SimulatedPushTRobot
+from dpolicy.control.robot import Command, Observation, Robot, SimulatedRobot
 
-RATE_HZ = 20.0
-PERIOD = 1.0 / RATE_HZ
+RATE_HZ = 16.0
+PERIOD = 1.0 / RATE_HZ  # 0.0625 s: tick times are exact binary fractions, so no tick is off by rounding
+#: Real seconds any wait of the simulation may take before the test fails instead of hanging.
+REAL_TIMEOUT_S = 20.0
+
+
+class SimClock:
+    """Simulated seconds: :meth:`sleep` (the runner's) and :meth:`advance` move them, nothing else does.
+
+    A policy running in the inference thread takes simulated time by parking in :meth:`wait_until`
+    (or :meth:`block_until`). Before and after every advance the clock waits until the runner's
+    inference worker has settled (idle, or parked on a time or condition not reached yet), so a
+    chunk is ready at exactly the tick its simulated latency says, never later because the machine
+    was busy. :meth:`close` releases every parked policy (at the end of a test).
+    """
+
+    def __init__(self, start: float = 1000.0):
+        self.now = float(start)
+        self.worker = None  # the InferenceWorker to wait for; set by _sim_runner
+        self.on_sleep = None  # called with the new time after every sleep
+        self._cond = threading.Condition()
+        self._parked = None
+        self._closed = False
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+        if self.on_sleep is not None:
+            self.on_sleep(self.now)
+
+    def advance(self, seconds: float) -> None:
+        self._settle()
+        with self._cond:
+            self.now += seconds
+            self._cond.notify_all()
+        self._settle()
+
+    def wait_until(self, when: float) -> None:
+        self.block_until(lambda: self.now >= when)
+
+    def block_until(self, condition) -> None:
+        """Park the calling (inference) thread until ``condition()`` holds."""
+        with self._cond:
+            self._parked = condition
+            self._cond.notify_all()
+            released = self._cond.wait_for(lambda: self._closed or condition(), timeout=REAL_TIMEOUT_S)
+            self._parked = None
+            self._cond.notify_all()
+        if not released:
+            raise TimeoutError("a simulated policy call waited forever: nothing advanced the clock")
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _settle(self) -> None:
+        if self.worker is None:
+            return
+        give_up = time.monotonic() + REAL_TIMEOUT_S
+        with self._cond:
+            while True:
+                parked = self._parked
+                if parked is not None and not parked():
+                    return  # waiting for a later time (or an event): settled
+                if not self.worker.busy:
+                    return
+                if time.monotonic() > give_up:
+                    raise AssertionError("the inference worker neither finished nor parked on the simulated clock")
+                self._cond.notify_all()
+                self._cond.wait(0.001)
 
 
 class ClockRobot(Robot):
-    """A robot whose only sensor reads the capture time; it records every command with its arrival time."""
+    """A robot whose only sensor reads the capture time; it records every command with its arrival time.
 
-    def __init__(self, hold=(0.0, 0.0)):
+    ``stall_s`` maps the index of a command (0-based, in the order they arrive) to simulated seconds
+    that command takes to send (a hiccup of the robot's bus).
+    """
+
+    def __init__(self, hold=(0.0, 0.0), clock=None, stall_s: dict[int, float] | None = None):
+        self.clock = SimClock() if clock is None else clock
         self.action_low = None
         self.action_high = None
         self.hold = np.asarray(hold, dtype=np.float64)
+        self.stall_s = stall_s or {}
         self.commands: list[tuple[float, Command]] = []
 
     def observe(self) -> Observation:
@@ -34,109 +114,145 @@ class ClockRobot(Robot):
         return Observation({"obs": np.array([now], dtype=np.float64)}, timestamp=now)
 
     def command(self, command: Command) -> None:
+        stall = self.stall_s.get(len(self.commands))
+        if stall:
+            self.clock.advance(stall)
         self.commands.append((self.clock(), command))
 
     def hold_action(self) -> np.ndarray:
         return self.hold.copy()
 
 
+def _take(clock, seconds: float) -> None:
+    """Spend ``seconds`` of ``clock``: park on a simulated clock, sleep on a real one."""
+    if seconds <= 0:
+        return
+    if hasattr(clock, "wait_until"):
+        clock.wait_until(clock() + seconds)
+    else:
+        time.sleep(seconds)
+
+
 class TimedPlanPolicy:
     """Plans ``horizon`` steps; step k of the plan is (capture time of the latest observation + (k - 1) * PERIOD, k).
 
     The executable chunk is steps To-1 .. To-1+Ta (To = 2), so every executed action names the
-    time it was planned for. Each call takes ``delay_s`` (sleeping, like a remote server) and is
-    logged with its thread and start/end times.
+    time it was planned for. Each call takes ``delay_s`` of ``clock`` (like a remote server) and
+    is logged with its thread and start/end times.
     """
 
     n_obs_steps = 2
 
-    def __init__(self, delay_s: float = 0.0, n_action_steps: int = 8, horizon: int = 16):
+    def __init__(self, clock, delay_s: float = 0.0, n_action_steps: int = 8, horizon: int = 16):
+        self.clock = clock
         self.delay_s = delay_s
         self.n_action_steps = n_action_steps
         self.horizon = horizon
         self.calls: list[tuple[int, float, float]] = []  # (thread id, start, end)
 
     def predict_action(self, obs):
-        start = time.monotonic()
+        start = self.clock()
         stamp = np.asarray(obs["obs"])[:, -1, 0]
         k = np.arange(self.horizon, dtype=np.float64)
         plan = np.stack([stamp[:, None] + (k - (self.n_obs_steps - 1)) * PERIOD,
                          np.broadcast_to(k, (len(stamp), self.horizon))], axis=-1)
-        time.sleep(self.delay_s)
-        self.calls.append((threading.get_ident(), start, time.monotonic()))
+        _take(self.clock, self.delay_s)
+        self.calls.append((threading.get_ident(), start, self.clock()))
         first = self.n_obs_steps - 1
         return {"action": plan[:, first:first + self.n_action_steps], "action_pred": plan}
 
 
-def _runner(policy, robot, **kwargs) -> RealtimeRunner:
-    kwargs.setdefault("limits", SafetyLimits())
-    return RealtimeRunner(policy, robot, rate_hz=RATE_HZ, **kwargs)
+@contextmanager
+def _sim_runner(policy, robot, **kwargs):
+    """A runner on ``robot``'s simulated clock; the clock releases parked policies before the runner closes."""
+    clock = robot.clock
+    kwargs.setdefault("rate_hz", RATE_HZ)
+    runner = RealtimeRunner(policy, robot, sleep=clock.sleep, **kwargs)
+    clock.worker = runner.worker
+    try:
+        yield runner
+    finally:
+        clock.close()
+        runner.close()
 
 
 def test_inference_runs_off_the_loop_thread_and_commands_keep_flowing():
-    policy, robot = TimedPlanPolicy(delay_s=3 * PERIOD), ClockRobot()
-    with _runner(policy, robot) as runner:
+    robot = ClockRobot()
+    policy = TimedPlanPolicy(robot.clock, delay_s=3 * PERIOD)
+    with _sim_runner(policy, robot) as runner:
         report = runner.run(max_ticks=50)
     assert report.ticks == 50
     assert len(robot.commands) == 51 and robot.commands[-1][1].hold  # + the hold at shutdown
     loop_thread = threading.get_ident()
     assert policy.calls and all(thread != loop_thread for thread, _, _ in policy.calls)
-    # the loop never waited on inference: commands went out while a chunk was being computed
+    # the loop never waited on inference: every command went out at its tick, also while a chunk was computed
+    assert [sent for sent, _ in robot.commands[:-1]] == [r.tick_time for r in report.records]
+    assert report.wall_s == pytest.approx(49 * PERIOD) and report.deadline_misses == 0
     during = [sent for sent, _ in robot.commands[:-1] if any(s < sent < e for _, s, e in policy.calls)]
-    assert len(during) >= 2 * report.chunks_received  # every 150 ms request spanned ~3 ticks
-    assert report.chunks_received >= 3
+    assert len(during) >= 2 * report.chunks_received  # every 3-period request spanned 2 ticks strictly inside
+    assert report.chunks_received >= 6  # one chunk per ~7 ticks (8 actions, asked for 4 ticks ahead)
+    # only the ticks before the first chunk (3 periods of latency) were held
+    assert report.held_ticks == 3 and [r.held for r in report.records[:4]] == [True, True, True, False]
+    assert report.latencies_s == [pytest.approx(3 * PERIOD)] * report.chunks_received
 
 
 def test_no_action_executes_away_from_its_timestamp_with_latency_compensation():
-    policy, robot = TimedPlanPolicy(delay_s=3 * PERIOD), ClockRobot()
-    with _runner(policy, robot) as runner:
+    robot = ClockRobot()
+    with _sim_runner(TimedPlanPolicy(robot.clock, delay_s=3 * PERIOD), robot) as runner:
         report = runner.run(max_ticks=50)
     executed = [r for r in report.records if not r.held]
-    assert len(executed) >= 25
+    assert len(executed) == 47  # all but the 3 ticks before the first chunk
     for record in executed:
         assert record.action[0] == pytest.approx(record.action_time)  # the plan's own time stamp
-        assert record.action_time >= record.tick_time - 0.5 * PERIOD  # never older than its tick
-        assert record.action_time < record.tick_time + 0.5 * PERIOD  # nor meant for a later one
-    assert report.actions_dropped >= report.chunks_received  # the late head of each chunk was skipped
-    assert report.chunks_requested >= report.chunks_received
+        assert record.action_time == pytest.approx(record.tick_time)  # planned for exactly this tick
+    # the 3 late actions at the head of each chunk were skipped, every time
+    assert report.actions_dropped == 3 * report.chunks_received
+    assert report.chunks_requested == report.chunks_received + 1  # the last one still in flight
 
 
 def test_without_compensation_actions_run_late_by_the_latency():
-    policy, robot = TimedPlanPolicy(delay_s=3 * PERIOD), ClockRobot()
-    with _runner(policy, robot, latency_compensation=False) as runner:
+    robot = ClockRobot()
+    with _sim_runner(TimedPlanPolicy(robot.clock, delay_s=3 * PERIOD), robot, latency_compensation=False) as runner:
         report = runner.run(max_ticks=50)
     lags = [r.tick_time - r.action[0] for r in report.records if not r.held]
-    assert len(lags) >= 25
-    assert np.median(lags) >= 2.5 * PERIOD  # each chunk starts from its first action on arrival
+    assert len(lags) >= 40
+    # each chunk starts from its first action on arrival, 3 periods after the observation it was planned from
+    assert np.median(lags) == pytest.approx(3 * PERIOD)
+    assert min(lags) >= 3 * PERIOD - 1e-9
+    assert report.actions_dropped == 0
 
 
 @pytest.mark.parametrize("refill", [True, False])
 def test_late_heads_are_refilled_from_the_longer_prediction(refill):
-    policy = TimedPlanPolicy(delay_s=3 * PERIOD, n_action_steps=4, horizon=12)
-    with _runner(policy, ClockRobot(), refill_from_prediction=refill) as runner:
+    robot = ClockRobot()
+    policy = TimedPlanPolicy(robot.clock, delay_s=3 * PERIOD, n_action_steps=4, horizon=12)
+    with _sim_runner(policy, robot, refill_from_prediction=refill) as runner:
         report = runner.run(max_ticks=40)
     executed = [r for r in report.records if not r.held]
     for record in executed:  # on time either way
         assert record.action[0] == pytest.approx(record.action_time)
         assert abs(record.action_time - record.tick_time) <= 0.5 * PERIOD
     steps = [r.action[1] for r in executed]
-    if refill:  # plan steps after the Ta = 4 chunk (plan steps 1..4) were executed
-        assert len(executed) >= 20 and max(steps) >= 5
-    else:  # about 3 of the 4 actions of each chunk are late: the queue runs dry
-        assert all(step <= 4 for step in steps) and report.held_ticks > report.ticks // 3
+    if refill:  # plan steps after the Ta = 4 chunk (plan steps 1..4) were executed; the queue never ran dry
+        assert len(executed) == 37 and report.held_ticks == 3 and max(steps) >= 5
+    else:  # 3 of the 4 actions of each chunk are late: one on-time action per chunk, then holds
+        assert all(step == 4 for step in steps)
+        assert len(executed) == report.chunks_received and report.held_ticks > 2 * report.ticks // 3
 
 
 def test_a_prediction_that_does_not_start_with_the_chunk_is_never_used_to_refill():
+    clock = SimClock()
+
     class Inconsistent:
         n_obs_steps = 1
 
         def predict_action(self, obs):
-            time.sleep(2 * PERIOD)
+            _take(clock, 2 * PERIOD)
             return {"action": np.full((1, 8, 2), 7.0), "action_pred": np.zeros((1, 16, 2))}
 
-    with _runner(Inconsistent(), ClockRobot(hold=(7.0, 7.0))) as runner:
+    with _sim_runner(Inconsistent(), ClockRobot(hold=(7.0, 7.0), clock=clock)) as runner:
         report = runner.run(max_ticks=30)
-    assert report.chunks_received >= 2
+    assert report.chunks_received >= 3
     assert all(np.allclose(r.action, 7.0) for r in report.records)
 
 
@@ -145,47 +261,61 @@ def test_automatic_request_threshold_keeps_the_queue_from_running_dry():
         first = next(i for i, r in enumerate(report.records) if not r.held)
         return sum(r.held for r in report.records[first:])
 
-    with _runner(TimedPlanPolicy(delay_s=3 * PERIOD), ClockRobot()) as runner:
+    robot = ClockRobot()
+    with _sim_runner(TimedPlanPolicy(robot.clock, delay_s=3 * PERIOD), robot) as runner:
         automatic = runner.run(max_ticks=60)
-    with _runner(TimedPlanPolicy(delay_s=3 * PERIOD), ClockRobot(), request_threshold=0) as runner:
+    robot = ClockRobot()
+    with _sim_runner(TimedPlanPolicy(robot.clock, delay_s=3 * PERIOD), robot, request_threshold=0) as runner:
         when_empty = runner.run(max_ticks=60)
-    # asking only when the queue is empty starves >= 3 ticks per chunk; asking early barely ever does
-    assert held_after_first_chunk(when_empty) >= 9
-    assert held_after_first_chunk(automatic) <= held_after_first_chunk(when_empty) // 2
+    # asking only when the queue is empty starves 3 ticks per chunk; asking early never does
+    assert held_after_first_chunk(when_empty) >= 3 * (when_empty.chunks_received - 1) >= 9
+    assert held_after_first_chunk(automatic) == 0
 
 
 class ConstantChunkPolicy:
-    """Every action of chunk number c is (c, 0)."""
+    """Every action of chunk number c is (c, 0); each call takes ``delay_s`` of ``clock``."""
 
     n_obs_steps = 1
 
-    def __init__(self):
+    def __init__(self, clock=None, delay_s: float = 0.0):
+        self.clock, self.delay_s = clock, delay_s
         self.count = 0
 
     def predict_action(self, obs):
+        if self.delay_s:
+            _take(self.clock, self.delay_s)
         self.count += 1
         return {"action": np.tile([[[float(self.count), 0.0]]], (1, 8, 1))}
 
 
 def test_blending_cross_fades_the_overlap_between_chunks():
     robot = ClockRobot()
-    with _runner(ConstantChunkPolicy(), robot, blend_steps=2) as runner:
+    # one period of latency, asked for 3 actions ahead: a new chunk arrives with 2 actions of the old one queued
+    policy = ConstantChunkPolicy(robot.clock, delay_s=PERIOD)
+    with _sim_runner(policy, robot, blend_steps=2, request_threshold=3) as runner:
         report = runner.run(max_ticks=40)
     values = np.array([r.action[0] for r in report.records if not r.held])
-    assert len(values) >= 20
+    assert len(values) == 39  # only the first tick held: the first chunk took one period
     thirds = values * 3
     np.testing.assert_allclose(thirds, np.round(thirds), atol=1e-9)  # weights 1/3, 2/3, then the new plan
-    assert np.any(np.abs(values - np.round(values)) > 0.1)  # blended values occurred
+    fractions = {round(float(v % 1.0), 6) for v in values}
+    assert fractions == {0.0, round(1 / 3, 6), round(2 / 3, 6)}  # both blend weights occurred
     assert np.all(np.diff(values) >= -1e-9)  # the switch is gradual, never back and forth
+    # without blending the same run switches at once
+    robot = ClockRobot()
+    with _sim_runner(ConstantChunkPolicy(robot.clock, delay_s=PERIOD), robot, request_threshold=3) as runner:
+        plain = runner.run(max_ticks=40)
+    assert all(float(r.action[0]).is_integer() for r in plain.records if not r.held)
 
 
 class ScriptedChunks:
-    """Returns the given chunks in turn (the last one forever); optional blocking on an event per call."""
+    """Returns the given chunks in turn (the last one forever); call i can be held until ``block[i]`` is set."""
 
     n_obs_steps = 1
 
-    def __init__(self, chunks, block: dict[int, threading.Event] | None = None):
+    def __init__(self, chunks, clock, block: dict[int, threading.Event] | None = None):
         self.chunks = [np.asarray(c, dtype=np.float64) for c in chunks]
+        self.clock = clock
         self.block = block or {}
         self.count = 0
 
@@ -193,29 +323,31 @@ class ScriptedChunks:
         call = self.count
         self.count += 1
         if call in self.block:
-            self.block[call].wait(10.0)
+            self.clock.block_until(self.block[call].is_set)
         return {"action": self.chunks[min(call, len(self.chunks) - 1)][None]}
 
 
 def test_nan_chunks_are_rejected_and_the_last_safe_command_is_held():
     good = np.tile([[10.0, 20.0]], (8, 1))
-    policy = ScriptedChunks([np.full((8, 2), np.nan), good])
     robot = ClockRobot(hold=(1.0, 2.0))
-    with _runner(policy, robot) as runner:
+    policy = ScriptedChunks([np.full((8, 2), np.nan), good], robot.clock)
+    with _sim_runner(policy, robot) as runner:
         report = runner.run(max_ticks=20)
     assert report.chunks_rejected == 1
     assert any(e.kind == "chunk_rejected" for e in report.events)
     sent = np.array([c.action for _, c in robot.commands])
     assert np.all(np.isfinite(sent))
-    assert report.records[0].held and np.allclose(report.records[0].action, [1.0, 2.0])
-    assert any(np.allclose(r.action, [10.0, 20.0]) for r in report.records)
+    # held while the NaN chunk came and went, then the good chunk
+    assert [r.held for r in report.records[:3]] == [True, True, False]
+    assert all(np.allclose(r.action, [1.0, 2.0]) for r in report.records[:2])
+    assert np.allclose(report.records[2].action, [10.0, 20.0])
 
 
 def test_commands_are_clipped_to_the_workspace_and_their_steps_capped():
-    policy = ScriptedChunks([np.tile([[1000.0, -1000.0]], (8, 1))])
     robot = ClockRobot(hold=(500.0, 20.0))  # near a corner of the workspace
+    policy = ScriptedChunks([np.tile([[1000.0, -1000.0]], (8, 1))], robot.clock)
     limits = SafetyLimits(low=[0.0, 0.0], high=[512.0, 512.0], max_step=10.0)
-    with _runner(policy, robot, limits=limits) as runner:
+    with _sim_runner(policy, robot, limits=limits) as runner:
         report = runner.run(max_ticks=20)
     sent = np.array([c.action for _, c in robot.commands[:-1]])
     assert np.all(sent >= 0.0) and np.all(sent <= 512.0)
@@ -237,8 +369,8 @@ def test_safety_limits_cap_then_clip_and_refuse_nan():
 def test_watchdog_reports_and_holds_until_a_fresh_chunk_arrives():
     release = threading.Event()
     chunk = np.tile([[5.0, 5.0]], (8, 1))
-    policy = ScriptedChunks([chunk, chunk * 2], block={1: release})
     robot = ClockRobot()
+    policy = ScriptedChunks([chunk, chunk * 2], robot.clock, block={1: release})
     events = []
 
     def on_event(event):
@@ -246,15 +378,18 @@ def test_watchdog_reports_and_holds_until_a_fresh_chunk_arrives():
         if event.kind == "watchdog":
             release.set()  # the stalled "network" comes back
 
-    with _runner(policy, robot, watchdog_s=0.3, request_threshold=0, on_event=on_event) as runner:
+    with _sim_runner(policy, robot, watchdog_s=0.3, request_threshold=0, on_event=on_event) as runner:
         report = runner.run(max_ticks=40)
     assert report.watchdog_trips == 1
     assert events.index("watchdog") < events.index("recovered")
     tripped_at = next(e.time for e in report.events if e.kind == "watchdog")
+    stalled_request = next(r.tick_time for r in report.records if r.held and r.tick_time > report.records[0].tick_time)
+    # tripped at the first tick more than watchdog_s after the stalled request went out
+    assert tripped_at - PERIOD <= stalled_request + 0.3 < tripped_at
     trip = next(i for i, r in enumerate(report.records) if r.tick_time >= tripped_at)
     held, before = report.records[trip], report.records[trip - 1]
     assert held.held and np.allclose(held.action, before.action)
-    assert any(np.allclose(r.action, [10.0, 10.0]) for r in report.records[trip:])  # resumed
+    assert report.records[trip + 1].chunk_id == 1 and np.allclose(report.records[trip + 1].action, [10.0, 10.0])
 
 
 def test_policy_errors_are_reported_and_the_loop_keeps_running():
@@ -265,16 +400,46 @@ def test_policy_errors_are_reported_and_the_loop_keeps_running():
             raise RuntimeError("GPU fell off the bus")
 
     robot = ClockRobot()
-    with _runner(Failing(), robot, watchdog_s=10.0) as runner:
+    with _sim_runner(Failing(), robot, watchdog_s=10.0) as runner:
         report = runner.run(max_ticks=10)
     assert report.ticks == 10 and report.held_ticks == 10
-    assert report.chunks_failed >= 1
+    # every request failed and was asked for again at the next tick; the last one was still running
+    assert report.chunks_failed == report.chunks_requested - 1 == 9
     assert any("GPU fell off the bus" in e.message for e in report.events)
 
 
-def test_stop_from_another_thread_ends_the_run_with_a_hold_and_close_joins_the_worker():
+def test_the_run_counts_ticks_skips_and_deadline_misses_on_the_robot_clock():
+    # Sending commands 4, 12 and 20 takes 2.25 periods each: each of those ticks misses its
+    # deadline and the loop skips the one tick it fell a whole period behind, instead of bursting.
+    robot = ClockRobot(stall_s={4: 2.25 * PERIOD, 12: 2.25 * PERIOD, 20: 2.25 * PERIOD})
+    with _sim_runner(ConstantChunkPolicy(), robot) as runner:
+        report = runner.run(duration_s=2.0)
+    assert report.skipped_ticks == 3
+    assert report.deadline_misses == 6  # the 3 late ticks and the 3 skipped ones
+    assert report.ticks == int(2.0 * RATE_HZ) - 3
+    ticks = [r.tick for r in report.records]
+    assert sorted(set(range(32)) - set(ticks)) == [5, 14, 23]  # the skipped ticks
+    late = [r.tick for r in report.records if r.sent_time - r.tick_time > report.deadline_s]
+    assert late == [4, 13, 22]
+    assert [e.kind for e in report.events].count("skipped_ticks") == 3
+    assert report.wall_s == pytest.approx(31 * PERIOD)
+
+
+def test_stop_is_honoured_after_an_injected_sleep():
     robot = ClockRobot(hold=(3.0, 4.0))
-    runner = _runner(TimedPlanPolicy(delay_s=PERIOD), robot)
+    start = robot.clock()
+    with _sim_runner(ConstantChunkPolicy(), robot) as runner:
+        robot.clock.on_sleep = lambda now: runner.stop() if now >= start + 10 * PERIOD else None
+        report = runner.run(max_ticks=1000)
+    assert report.ticks == 10
+    last = robot.commands[-1][1]
+    assert last.hold and np.allclose(last.action, [3.0, 4.0])
+
+
+def test_stop_from_another_thread_ends_the_run_with_a_hold_and_close_joins_the_worker():
+    # The real clock and the default sleep: stop() cuts the wait for the next tick short.
+    robot = ClockRobot(hold=(3.0, 4.0), clock=time.monotonic)
+    runner = RealtimeRunner(TimedPlanPolicy(time.monotonic, delay_s=PERIOD), robot, rate_hz=RATE_HZ)
     threading.Timer(0.5, runner.stop).start()
     start = time.monotonic()
     report = runner.run(duration_s=30.0)
@@ -289,17 +454,18 @@ def test_stop_from_another_thread_ends_the_run_with_a_hold_and_close_joins_the_w
 
 
 def test_run_needs_a_limit_and_the_runner_validates_its_arguments():
-    with _runner(TimedPlanPolicy(), ClockRobot()) as runner:
+    robot = ClockRobot()
+    with _sim_runner(TimedPlanPolicy(robot.clock), robot) as runner:
         with pytest.raises(ValueError, match="limit"):
             runner.run()
     with pytest.raises(ValueError, match="rate_hz"):
-        RealtimeRunner(TimedPlanPolicy(), ClockRobot(), rate_hz=0)
+        RealtimeRunner(TimedPlanPolicy(robot.clock), ClockRobot(), rate_hz=0)
     with pytest.raises(TypeError, match="predict_action"):
         RealtimeRunner(object(), ClockRobot())
 
 
 def test_slowed_policy_takes_at_least_its_delay_and_forwards_attributes():
-    policy = SlowedPolicy(TimedPlanPolicy(), 0.05)
+    policy = SlowedPolicy(TimedPlanPolicy(time.monotonic), 0.05)
     assert policy.n_obs_steps == 2 and policy.n_action_steps == 8
     start = time.monotonic()
     policy.predict_action({"obs": np.zeros((1, 2, 1))})
@@ -307,19 +473,17 @@ def test_slowed_policy_takes_at_least_its_delay_and_forwards_attributes():
 
 
 # ------------------------------------------------------------------ the simulated Push-T robot
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
+def _pusht_robot(clock, speed: float, **kwargs) -> SimulatedRobot:
+    from envs.pusht.env import PushTEnv
 
-    def __call__(self) -> float:
-        return self.now
+    return SimulatedRobot(PushTEnv(obs_type="keypoints"), speed=speed, clock=clock, **kwargs)
 
 
 def test_simulated_pusht_robot_advances_with_its_clock_like_the_env():
     from envs.pusht.env import PushTEnv
 
-    clock = FakeClock()
-    robot = SimulatedPushTRobot(clock=clock, speed=2.0)  # one control step per 0.05 s of clock
+    clock = SimClock()
+    robot = _pusht_robot(clock, speed=2.0)  # one control step per 0.05 s of clock
     first = robot.reset(seed=100000)
     assert first.info["steps"] == 0 and first.timestamp == 1000.0
     assert set(first.data) == {"obs"} and first.data["obs"].shape == (20,)
@@ -337,25 +501,59 @@ def test_simulated_pusht_robot_advances_with_its_clock_like_the_env():
         robot.command(Command(np.array([np.nan, 1.0]), clock.now))
 
 
-def test_simulated_pusht_robot_needs_a_reset_and_a_known_observation_type():
-    robot = SimulatedPushTRobot(clock=FakeClock())
+def test_simulated_robot_needs_a_reset_a_box_action_space_and_a_control_rate():
+    import gymnasium as gym
+
+    robot = _pusht_robot(SimClock(), speed=1.0)
     with pytest.raises(RuntimeError, match="reset"):
         robot.observe()
-    with pytest.raises(ValueError, match="obs_type"):
-        SimulatedPushTRobot(obs_type="state")
+
+    class Discrete(gym.Env):
+        action_space = gym.spaces.Discrete(3)
+        observation_space = gym.spaces.Box(-1.0, 1.0, (2,))
+        metadata = {"render_fps": 10}
+
+    with pytest.raises(ValueError, match="Box"):
+        SimulatedRobot(Discrete())
+
+    class NoRate(Discrete):
+        action_space = gym.spaces.Box(-1.0, 1.0, (2,))
+        metadata = {}
+
+    with pytest.raises(ValueError, match="control_hz"):
+        SimulatedRobot(NoRate())
+    assert SimulatedRobot(NoRate(), control_hz=5.0, speed=2.0).control_hz == 10.0
+
+
+class SimulatedLatency:
+    """Wraps a policy: each call returns ``delay_s`` of simulated time after it started (computing takes none)."""
+
+    def __init__(self, policy, clock: SimClock, delay_s: float):
+        self.policy, self.clock, self.delay_s = policy, clock, delay_s
+        self.n_obs_steps = policy.n_obs_steps
+
+    def predict_action(self, obs):
+        start = self.clock()
+        out = self.policy.predict_action(obs)
+        self.clock.wait_until(start + self.delay_s)
+        return out
 
 
 def test_realtime_pusht_with_a_diffusion_policy_at_a_higher_rate(make_tiny_diffusion_policy):
-    policy = make_tiny_diffusion_policy()
-    robot = SimulatedPushTRobot(speed=2.0)  # 20 Hz
+    clock = SimClock()
+    robot = _pusht_robot(clock, speed=1.6, max_step=100.0)  # 16 control steps per second of clock
+    policy = SimulatedLatency(make_tiny_diffusion_policy(), clock, delay_s=2 / robot.control_hz)
     robot.reset(seed=100000)
-    with RealtimeRunner(policy, robot, rate_hz=robot.control_hz) as runner:
+    limits = SafetyLimits.for_robot(robot, max_step=robot.max_step)
+    with _sim_runner(policy, robot, rate_hz=robot.control_hz, limits=limits) as runner:
         report = runner.run(max_ticks=60)
-    steps = robot.observe().info["steps"]
-    assert report.ticks == 60 and steps >= 59  # the simulator followed the clock (last tick: step 59)
-    assert report.chunks_received >= 5
+        steps = robot.observe().info["steps"]
+    assert report.ticks == 60 and steps == 59  # the simulator followed the clock (last tick: step 59)
+    assert report.chunks_received >= 6 and report.held_ticks == 2  # only the ticks before the first chunk
+    # latency runs from the observation's capture on the robot (a step boundary) to the chunk being ready
+    assert report.latencies_s == [pytest.approx(2 * PERIOD)] * report.chunks_received
     sent = np.array([r.action for r in report.records])
     assert np.all(sent >= 0.0) and np.all(sent <= 512.0)
-    assert np.all(np.linalg.norm(np.diff(sent, axis=0), axis=1) <= robot.max_step_px + 1e-9)
+    assert np.all(np.linalg.norm(np.diff(sent, axis=0), axis=1) <= robot.max_step + 1e-9)
     summary = report.summary()
-    assert summary["latency_p50_ms"] > 0 and summary["ticks"] == 60
+    assert summary["latency_p50_ms"] == pytest.approx(125.0) and summary["ticks"] == 60

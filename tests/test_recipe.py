@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dpolicy.experiments import recipe
 from dpolicy.config import compose_config
+from dpolicy.experiments import recipe
 
 
 def test_default_config_is_the_one_cpu_hour_recipe():

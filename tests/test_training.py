@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,21 +14,24 @@ import numpy as np
 import pytest
 import torch
 
+from dpolicy.config import compose_config
 from dpolicy.data.replay_buffer import ReplayBuffer
 from dpolicy.training.checkpoint import load_policy, read_checkpoint
-from dpolicy.training.config import compose_config
+from dpolicy.training.logging import read_log
 from dpolicy.training.trainer import Trainer, warmup_cosine
 
 REPO = Path(__file__).resolve().parent.parent
 
-# A tiny diffusion policy that trains in well under a second per 10 steps on one core.
+# A tiny diffusion policy that trains in well under a second per 10 steps on one core. The default
+# recipe (training/cpu_hour) compiles the UNet and autocasts to bf16: a tiny run would spend minutes
+# compiling, so both are off here; the tests of those features turn them on themselves.
 TINY = [
     "policy.down_dims=[16,32]", "policy.kernel_size=3", "policy.n_groups=4", "policy.step_embed_dim=16",
     "policy.num_train_timesteps=20", "policy.num_inference_steps=4",
     "horizon=8", "n_obs_steps=2", "n_action_steps=4",
     "training.batch_size=16", "training.warmup_steps=5", "training.log_every=5", "training.val_every=20",
     "training.val_batches=2", "training.eval_every=0", "training.checkpoint_every=10", "training.progress=false",
-    "training.num_threads=1", "device=cpu",
+    "training.num_threads=1", "training.compile=false", "training.bf16=false", "device=cpu",
 ]
 
 
@@ -150,24 +154,171 @@ def test_killed_run_resumes_exactly(toy_dataset, tmp_path):
     _assert_same_state(_final_state(straight), _final_state(killed))
 
 
+def _train_command(dataset: Path, run_dir: Path, *extra: str) -> list[str]:
+    """`dpolicy train` on the tiny config, as a user types it."""
+    return [sys.executable, "-m", "dpolicy", "train", f"task.dataset.path={dataset}", f"run_dir={run_dir}",
+            "task.dataset.val_ratio=0.2", *TINY, *extra]
+
+
+def _train_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "log.jsonl"
+    if not path.exists():
+        return []
+    return [r for r in read_log(path) if "train_loss" in r]
+
+
+def _wait_until_training(proc: subprocess.Popen, run_dir: Path, err_path: Path, min_step: int = 10,
+                         timeout_s: float = 120.0) -> None:
+    """Poll until the run has logged a training step >= min_step; fail if it exits or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(r["step"] >= min_step for r in _train_records(run_dir)):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"training exited (rc {proc.returncode}) before it could be stopped:\n"
+                        f"{err_path.read_text()[-3000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(30)
+    pytest.fail(f"training logged no step >= {min_step} within {timeout_s:.0f} s:\n{err_path.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signalled_run_checkpoints_exits_cleanly_and_resumes(toy_dataset, tmp_path, sig):
+    run, max_steps = tmp_path / "run", 100_000  # far more than it gets to before the signal
+    out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen(_train_command(toy_dataset, run, f"training.max_steps={max_steps}"),
+                                cwd=REPO, stdout=out, stderr=err, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            _wait_until_training(proc, run, err_path)
+            proc.send_signal(sig)  # SIGINT is what Ctrl-C sends
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+    stderr = err_path.read_text()
+    assert rc == 0, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "(interrupted); writing checkpoint" in out_path.read_text()
+
+    latest = run / "checkpoints" / "latest.pt"
+    payload = read_checkpoint(latest)
+    stopped = int(payload["step"])
+    assert 10 <= stopped < max_steps
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["step"] == stopped
+    policy, _ = load_policy(latest)  # the checkpoint is complete: it rebuilds a working policy
+    assert torch.isfinite(policy.predict_action({"obs": torch.full((2, 20), 250.0)})["action"]).all()
+
+    # resume=true picks up at the stopped step, from the saved weights, and carries on.
+    trainer = Trainer(tiny_cfg(toy_dataset, run, f"training.max_steps={stopped + 12}", "resume=true"))
+    assert trainer.step == stopped
+    for name, value in trainer.policy.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, payload["model"][name]), name
+    resumed = trainer.train()
+    assert resumed["step"] == stopped + 12 and resumed["interrupted"] is False
+    steps = [r["step"] for r in _train_records(run)]
+    assert steps == sorted(set(steps)), "the resumed run restarted its step count instead of continuing"
+    assert steps[0] <= stopped < steps[-1] == stopped + 12
+    assert read_checkpoint(latest)["step"] == stopped + 12
+
+
+def test_max_minutes_stops_the_run_on_time_with_a_checkpoint(toy_dataset, tmp_path):
+    run, max_steps, max_minutes = tmp_path / "run", 1_000_000, 0.05  # 3 s of training
+    cmd = _train_command(toy_dataset, run, f"training.max_steps={max_steps}", f"training.max_minutes={max_minutes}",
+                         "training.log_every=1", "training.val_every=0", "training.checkpoint_every=1000000")
+    # the timeout bounds the test if the guard were broken (a million steps would take hours)
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(time budget of 0.05 min spent); writing checkpoint" in result.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["interrupted"] is False  # a spent budget is a normal end, not an interruption
+    assert summary["train_minutes"] >= max_minutes
+    payload = read_checkpoint(run / "checkpoints" / "latest.pt")
+    assert 0 < payload["step"] == summary["step"] < max_steps
+    assert payload["elapsed_s"] >= max_minutes * 60
+    # It stopped at the first step past the budget: every earlier step was still inside it.
+    records = _train_records(run)
+    assert [r["step"] for r in records] == list(range(1, summary["step"] + 1))
+    assert all(r["elapsed_min"] < max_minutes for r in records[:-1])
+    assert records[-1]["elapsed_min"] >= max_minutes
+
+
 def test_resume_without_checkpoint_is_a_clear_error(toy_dataset, tmp_path):
     with pytest.raises(FileNotFoundError, match="latest.pt"):
         Trainer(tiny_cfg(toy_dataset, tmp_path / "nothing", "resume=true"))
 
 
+# Runs `dpolicy train` exactly as the CLI does, and has every rank also write the weights it holds.
+_DDP_RANK_DUMP = """
+import os, sys
+import torch
+import dpolicy.training.trainer as trainer_module
+from dpolicy.cli import main
+
+train = trainer_module.Trainer.train
+
+def train_and_dump(self):
+    start = {k: v.detach().clone() for k, v in self.policy.state_dict().items() if isinstance(v, torch.Tensor)}
+    first_batches = self._epoch_batches(0)[:3].copy()
+    summary = train(self)
+    torch.save({"rank": self.ctx.rank, "world_size": self.ctx.world_size, "ddp": self.model is not self.policy,
+                "start": start, "model": self.policy.state_dict(), "ema": self.ema.averaged_model.state_dict(),
+                "first_batches": first_batches}, os.path.join(sys.argv[1], f"rank{self.ctx.rank}.pt"))
+    return summary
+
+trainer_module.Trainer.train = train_and_dump
+sys.exit(main(["train", *sys.argv[2:]]))
+"""
+
+
+def _tensors(state: dict) -> dict:
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_on_cpu(toy_dataset, tmp_path):
-    run = tmp_path / "ddp"
+def test_torchrun_two_processes_on_cpu_keep_the_ranks_weights_identical(toy_dataset, tmp_path):
+    run, dumps = tmp_path / "ddp", tmp_path / "ranks"
+    dumps.mkdir()
+    script = tmp_path / "train_and_dump.py"
+    script.write_text(_DDP_RANK_DUMP)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # `python -m torch.distributed.run` is the `torchrun` launcher itself, present wherever torch is.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "dpolicy", "train",
+           str(script), str(dumps),
            f"task.dataset.path={toy_dataset}", f"run_dir={run}", "task.dataset.val_ratio=0.2", *TINY,
            "training.max_steps=20"]
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(dumps / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert (rank0["rank"], rank1["rank"]) == (0, 1) and rank0["world_size"] == rank1["world_size"] == 2
+    assert rank0["ddp"] and rank1["ddp"]
+    # Each rank trained on its own shard of the data ...
+    assert not set(rank0["first_batches"].ravel()) & set(rank1["first_batches"].ravel())
+    # ... from the same start (rank 0's, broadcast) to the same weights: the gradients were averaged.
+    start0, start1 = _tensors(rank0["start"]), _tensors(rank1["start"])
+    final0, final1 = _tensors(rank0["model"]), _tensors(rank1["model"])
+    assert start0.keys() == final0.keys() == final1.keys()
+    for name in final0:
+        assert torch.equal(start0[name], start1[name]), f"{name}: the ranks started from different weights"
+        assert torch.equal(final0[name], final1[name]), f"{name}: the ranks' weights diverged"
+    trained = [n for n, v in final0.items() if v.is_floating_point() and not torch.equal(v, start0[n])]
+    assert len(trained) >= len([n for n in final0 if not n.startswith("normalizer")]) // 2, "training moved no weights"
+    ema0, ema1 = _tensors(rank0["ema"]), _tensors(rank1["ema"])
+    for name in ema0:
+        assert torch.equal(ema0[name], ema1[name]), f"EMA {name} differs between the ranks"
+
+    # Rank 0's checkpoint holds those weights and deploys like any other.
+    payload = read_checkpoint(run / "checkpoints" / "latest.pt")
+    assert payload["step"] == 20
+    for name, value in _tensors(payload["model"]).items():
+        assert torch.equal(value, final1[name]), name
     policy, _ = load_policy(run / "checkpoints" / "latest.pt")
-    assert read_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 20
     out = policy.predict_action({"obs": np.full((2, 20), 250.0, np.float32)})
     assert out["action"].shape == (4, 2)
 

@@ -81,8 +81,8 @@ class SafetyLimits:
 
     @classmethod
     def for_robot(cls, robot: Robot, max_step: float | None = None) -> SafetyLimits:
-        """The robot's workspace box, and ``max_step`` (default: the robot's ``max_step_px`` if any)."""
-        step = max_step if max_step is not None else getattr(robot, "max_step_px", None)
+        """The robot's workspace box, and ``max_step`` (default: the robot's ``max_step`` if any)."""
+        step = max_step if max_step is not None else getattr(robot, "max_step", None)
         return cls(low=getattr(robot, "action_low", None), high=getattr(robot, "action_high", None),
                    max_step=step)
 
@@ -318,13 +318,18 @@ class RealtimeRunner:
         deadline_s: a tick whose command goes out later than this after it was due counts as a
             deadline miss (default: half a period).
         on_event: called with every :class:`RealtimeEvent` (also logged and kept in the report).
+        sleep: ``sleep(seconds)`` the loop calls to wait for the next tick; None (default) waits on
+            :meth:`stop`'s event, so a stop cuts the wait short. Pass one together with a fake
+            ``robot.clock`` (a sleep that advances it) to run the loop in simulated time; the
+            loop then checks :meth:`stop` after every sleep.
     """
 
     def __init__(self, policy, robot: Robot, rate_hz: float = 10.0, *, latency_compensation: bool = True,
                  request_threshold: int | None = None, blend_steps: int = 0,
                  refill_from_prediction: bool = True, limits: SafetyLimits | None = None,
                  watchdog_s: float = 1.0, deadline_s: float | None = None,
-                 on_event: Callable[[RealtimeEvent], None] | None = None):
+                 on_event: Callable[[RealtimeEvent], None] | None = None,
+                 sleep: Callable[[float], None] | None = None):
         if not rate_hz > 0:
             raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
         if request_threshold is not None and request_threshold < 0:
@@ -344,6 +349,7 @@ class RealtimeRunner:
         self.watchdog_s = float(watchdog_s)
         self.deadline_s = 0.5 * self.period_s if deadline_s is None else float(deadline_s)
         self.on_event = on_event
+        self._sleep = sleep
         self.refill_from_prediction = bool(refill_from_prediction)
         self.worker = InferenceWorker(policy, self.clock)
         self._stop = threading.Event()
@@ -399,7 +405,7 @@ class RealtimeRunner:
                 if duration_s is not None and tick_time - start >= duration_s:
                     break
                 delay = tick_time - self.clock()
-                if delay > 0 and self._stop.wait(delay):
+                if delay > 0 and self._wait(delay):
                     break
                 behind = int((self.clock() - tick_time) // self.period_s)
                 if behind > 0:  # a whole period late: skip the missed ticks instead of bursting
@@ -425,6 +431,13 @@ class RealtimeRunner:
         return report
 
     # ------------------------------------------------------------------ one run
+    def _wait(self, delay: float) -> bool:
+        """Wait ``delay`` seconds for the next tick; True when :meth:`stop` was called."""
+        if self._sleep is None:
+            return self._stop.wait(delay)
+        self._sleep(delay)
+        return self._stop.is_set()
+
     def _begin_run(self) -> None:
         self.controller.reset()
         self._queue_times = np.zeros(0)
