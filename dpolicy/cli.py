@@ -1,15 +1,22 @@
 """The `dpolicy` command: one entry point, one module per subcommand.
 
-Each subcommand lives in its own module that defines ``configure(parser)`` (adds its
-arguments) and ``run(args) -> int``. Modules are imported lazily so that ``dpolicy --help``
-stays fast and a broken optional dependency only affects its own subcommand.
+Each subcommand lives in its own module, ``dpolicy/commands/<name>.py``, that defines
+``configure(parser)`` (adds its arguments) and ``run(args) -> int``. Modules are imported lazily so
+that ``dpolicy --help`` stays fast and a broken optional dependency only affects its own subcommand.
+
+Expected errors (bad input, bad config, a missing file, a refused bind) print as one or two lines,
+``error: ...``, with exit code 2 for usage errors and 1 otherwise; ``--debug`` (anywhere on the
+command line) or ``DPOLICY_DEBUG=1`` shows the traceback. Unexpected exceptions always do.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from dpolicy.errors import UsageError, UserError
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -39,16 +46,58 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "DPOLICY_DEBUG"
+
+
+def expected_error(exc: BaseException) -> tuple[str, int] | None:
+    """``(message, exit code)`` when ``exc`` is an input problem rather than a bug, else None."""
+    if isinstance(exc, UserError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        where = f": {exc.filename}" if exc.filename and str(exc.filename) not in str(exc) else ""
+        return f"{exc.strerror or exc}{where}" if exc.strerror else f"{exc}", 1
+    module = type(exc).__module__.split(".")[0]
+    if module in ("hydra", "omegaconf"):  # config composition, overrides, interpolations
+        inner = exc.__cause__ or exc.__context__
+        while inner is not None:  # e.g. a resolver that found no dataset: report its own error
+            if type(inner).__module__.split(".")[0] not in ("hydra", "omegaconf"):
+                found = expected_error(inner)
+                if found is not None:
+                    return found
+            inner = inner.__cause__ or inner.__context__
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()][:2]
+        key = getattr(exc, "full_key", None)
+        text = " ".join(lines) or type(exc).__name__
+        return (f"{text} (config key {key})" if key and str(key) not in text else text), 2
+    if module == "zmq":  # e.g. an address already in use or not available
+        return f"ZeroMQ: {exc}", 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != DEBUG_FLAG]
     # Import only the module of the chosen subcommand.
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(only=chosen if chosen in SUBCOMMANDS else None)
-    args = parser.parse_args(argv)
-    if getattr(args, "_module", None) is None:
-        parser.print_help()
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    return int(args._module.run(args) or 0)
+    try:
+        parser = build_parser(only=chosen if chosen in SUBCOMMANDS else None)
+        args = parser.parse_args(argv)
+        if getattr(args, "_module", None) is None:
+            parser.print_help()
+            return 0 if not argv or argv[0] in ("-h", "--help") else 2
+        return int(args._module.run(args) or 0)
+    except Exception as exc:  # noqa: BLE001 (the one place that decides how errors reach the user)
+        expected = expected_error(exc)
+        if expected is None or debug:
+            raise
+        message, code = expected
+        print(f"error: {message}", file=sys.stderr)
+        if code == UsageError.exit_code:
+            print(f"(see `dpolicy {chosen or ''} --help`; add {DEBUG_FLAG} for the traceback)".replace("  ", " "),
+                  file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

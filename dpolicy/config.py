@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from dpolicy.errors import ConfigError
 from dpolicy.paths import CONFIG_DIR, EMBEDDED_PUSHT, human_pusht_path
 
 DEFAULT_CONFIG = "pusht_lowdim"
@@ -29,7 +30,7 @@ def _dataset_path(name: str) -> str:
                 "the original human Push-T dataset was not found: set DPOLICY_HUMAN_PUSHT to its path, or "
                 "train on the embedded expert data with task.dataset.path='${dataset:embedded}'")
         return str(path)
-    raise ValueError(f"unknown dataset name {name!r} in ${{dataset:...}}: use 'human' or 'embedded'")
+    raise ConfigError(f"unknown dataset name {name!r} in ${{dataset:...}}: use 'human' or 'embedded'")
 
 
 if not OmegaConf.has_resolver("dataset"):
@@ -47,7 +48,8 @@ def compose_config(config_name: str = DEFAULT_CONFIG, overrides: list[str] | tup
     from hydra.core.global_hydra import GlobalHydra
 
     if config_name not in available_configs():
-        raise ValueError(f"unknown config {config_name!r}; available: {', '.join(available_configs())}")
+        raise ConfigError(f"unknown config {config_name!r} in {CONFIG_DIR}; expected one of: "
+                          f"{', '.join(available_configs())}")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR.resolve()), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides))

@@ -42,6 +42,10 @@ import zarr
 from zarr.errors import NodeNotFoundError
 from zarr.storage import LocalStore, ZipStore
 
+from dpolicy.errors import DatasetError
+
+__all__ = ["DatasetError", "ReplayBuffer"]
+
 #: Target uncompressed size of one chunk of a newly created array.
 CHUNK_BYTES = 2 * 1024 * 1024
 #: Compression of newly created arrays (see the module docstring for the choice).
@@ -52,10 +56,6 @@ PENDING_ATTR = "dpolicy_pending"
 EPISODE_ENDS_CHUNK = 4096
 
 _NUMERIC_KINDS = "biuf"
-
-
-class DatasetError(ValueError):
-    """A dataset is missing, malformed, or does not hold what the caller expected."""
 
 
 class ReplayBuffer:
