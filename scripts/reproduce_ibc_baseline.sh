@@ -26,7 +26,7 @@ SEEDS=${SEEDS:-"0 1 2"}
 RUN_ROOT=${RUN_ROOT:-runs}
 
 resume_flag() {  # prints resume=true when the run already holds a checkpoint
-    if [[ -f "$1/checkpoints/latest.pt" ]]; then echo "resume=true"; fi
+    if [[ -f "$1/checkpoints/latest.safetensors" ]]; then echo "resume=true"; fi
 }
 
 for S in $SEEDS; do
@@ -37,13 +37,13 @@ for S in $SEEDS; do
     # shellcheck disable=SC2046
     dpolicy train --config ibc_pusht_lowdim seed="$S" run_dir="$HOUR" \
         training.max_minutes=56 training.max_steps=14000 $(resume_flag "$HOUR")
-    dpolicy eval "$HOUR/checkpoints/latest.pt" --protocol large --vector sync --threads 2 --videos 0
-    dpolicy eval "$HOUR/checkpoints/latest.pt" --protocol paper --vector sync --threads 2
+    dpolicy eval "$HOUR/checkpoints/latest.safetensors" --protocol large --vector sync --threads 2 --videos 0
+    dpolicy eval "$HOUR/checkpoints/latest.safetensors" --protocol paper --vector sync --threads 2
 
     echo "== seed $S: IBC, 17 minutes -> $SHORT"
     # shellcheck disable=SC2046
     dpolicy train --config ibc_pusht_lowdim seed="$S" run_dir="$SHORT" $(resume_flag "$SHORT")
-    dpolicy eval "$SHORT/checkpoints/latest.pt" --protocol paper --vector sync --threads 1
+    dpolicy eval "$SHORT/checkpoints/latest.safetensors" --protocol paper --vector sync --threads 1
 done
 
 echo "Per-run results: $RUN_ROOT/ibc{_hour,}_s<seed>/eval/latest_*/metrics.json"

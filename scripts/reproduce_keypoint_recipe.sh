@@ -26,12 +26,12 @@ SEEDS=${SEEDS:-"0 1 2"}
 RUN_ROOT=${RUN_ROOT:-runs}
 
 resume_flag() {  # prints resume=true when the run already holds a checkpoint
-    if [[ -f "$1/checkpoints/latest.pt" ]]; then echo "resume=true"; fi
+    if [[ -f "$1/checkpoints/latest.safetensors" ]]; then echo "resume=true"; fi
 }
 
 for S in $SEEDS; do
     RUN="$RUN_ROOT/cpu_hour_s$S"
-    CKPT="$RUN/checkpoints/latest.pt"
+    CKPT="$RUN/checkpoints/latest.safetensors"
 
     echo "== seed $S: train -> $RUN"
     # shellcheck disable=SC2046

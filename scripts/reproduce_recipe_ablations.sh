@@ -32,7 +32,7 @@ VARIANTS=${VARIANTS:-"eager42k lr1e-4 wide wide_2t"}
 EAGER="training.compile=false training.eval_every=2500 n_action_steps=8"
 
 resume_flag() {  # prints resume=true when the run already holds a checkpoint
-    if [[ -f "$1/checkpoints/latest.pt" ]]; then echo "resume=true"; fi
+    if [[ -f "$1/checkpoints/latest.safetensors" ]]; then echo "resume=true"; fi
 }
 
 evaluate() {  # CHECKPOINT THREADS [extra eval options for the large protocol...]
@@ -45,7 +45,7 @@ evaluate() {  # CHECKPOINT THREADS [extra eval options for the large protocol...
 for S in $SEEDS; do
     for V in $VARIANTS; do
         RUN="$RUN_ROOT/${V}_s$S"
-        CKPT="$RUN/checkpoints/latest.pt"
+        CKPT="$RUN/checkpoints/latest.safetensors"
         echo "== seed $S: $V -> $RUN"
         # shellcheck disable=SC2086,SC2046
         case "$V" in

@@ -26,17 +26,17 @@ for RUN in $RUNS; do
         human_cpu)
             dpolicy train training=cpu 'policy.down_dims=[64,128,256]' run_dir="$RUN_ROOT/human_cpu" \
                 training.max_steps=6000 training.eval_every=3000 training.num_threads=1
-            dpolicy eval "$RUN_ROOT/human_cpu/checkpoints/latest.pt" --protocol large --vector sync --threads 1
+            dpolicy eval "$RUN_ROOT/human_cpu/checkpoints/latest.safetensors" --protocol large --vector sync --threads 1
             ;;
         demo)         # the embedded-data row; the demo itself evaluates on the paper protocol
             dpolicy demo --steps 5000 --out "$RUN_ROOT/demo_fp32" training=cpu training.num_threads=1 \
                 'policy.down_dims=[64,128,256]'
-            dpolicy eval "$RUN_ROOT/demo_fp32/checkpoints/latest.pt" --protocol large --vector sync --threads 1
+            dpolicy eval "$RUN_ROOT/demo_fp32/checkpoints/latest.safetensors" --protocol large --vector sync --threads 1
             ;;
         ibc_human)
             dpolicy train --config ibc_pusht_lowdim run_dir="$RUN_ROOT/ibc_human" training.max_steps=4000 \
                 training.max_minutes=null
-            dpolicy eval "$RUN_ROOT/ibc_human/checkpoints/latest.pt" --protocol paper --vector sync --threads 2
+            dpolicy eval "$RUN_ROOT/ibc_human/checkpoints/latest.safetensors" --protocol paper --vector sync --threads 2
             ;;
         demo_default) # the demo as a newcomer runs it (15,000 steps, the default recipe)
             dpolicy demo --out "$RUN_ROOT/demo"

@@ -30,7 +30,7 @@ LR_SEEDS=${LR_SEEDS:-"1 2"}
 
 EVAL=(--vector sync --threads 2 --videos 0)
 
-ckpt() { echo "$RUN_ROOT/$1/checkpoints/latest.pt"; }
+ckpt() { echo "$RUN_ROOT/$1/checkpoints/latest.safetensors"; }
 
 for SWEEP in $SWEEPS; do
     echo "== $SWEEP"
@@ -71,7 +71,7 @@ for SWEEP in $SWEEPS; do
             ;;
         selection)
             # the best periodic checkpoint by its 50-seed rollout score, then the final one, on 450 unseen seeds
-            BEST=$(find "$RUN_ROOT/wide_2t_s0/checkpoints" -name 'step=*-score=*.pt' | sort -t= -k3 -r | head -n 1)
+            BEST=$(find "$RUN_ROOT/wide_2t_s0/checkpoints" -name 'step=*-score=*.safetensors' | sort -t= -k3 -r | head -n 1)
             dpolicy eval "$BEST" --protocol 100050-100499 "${EVAL[@]}" --out "$RUN_ROOT/wide_2t_s0/eval/best_unseen"
             dpolicy eval "$(ckpt wide_2t_s0)" --protocol 100050-100499 "${EVAL[@]}" \
                 --out "$RUN_ROOT/wide_2t_s0/eval/latest_unseen"
@@ -79,9 +79,9 @@ for SWEEP in $SWEEPS; do
         lr1e-3)
             for S in $LR_SEEDS; do
                 RUN="$RUN_ROOT/lr1e-3_s$S"
-                if [[ -f "$RUN/checkpoints/latest.pt" ]]; then RESUME=resume=true; else RESUME=resume=false; fi
+                if [[ -f "$RUN/checkpoints/latest.safetensors" ]]; then RESUME=resume=true; else RESUME=resume=false; fi
                 dpolicy train seed="$S" run_dir="$RUN" training.lr=1.0e-3 "$RESUME"
-                dpolicy eval "$RUN/checkpoints/latest.pt" --protocol large "${EVAL[@]}"
+                dpolicy eval "$RUN/checkpoints/latest.safetensors" --protocol large "${EVAL[@]}"
             done
             ;;
         *)

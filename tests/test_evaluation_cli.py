@@ -13,7 +13,7 @@ from dpolicy.policies.diffusion import DiffusionPolicy
 from dpolicy.training.checkpoint import save_checkpoint
 
 SHAPE_META = {"obs": {"obs": {"shape": [20], "type": "low_dim"}}, "action": {"shape": [2]}}
-POLICY_CFG = {"_target_": "dpolicy.policies.diffusion.DiffusionPolicy", "horizon": 16, "n_obs_steps": 2,
+POLICY_CFG = {"name": "diffusion", "horizon": 16, "n_obs_steps": 2,
               "n_action_steps": 8, "down_dims": [16, 32], "step_embed_dim": 16,
               "inference_scheduler": "ddim", "num_inference_steps": 4}
 
@@ -21,13 +21,12 @@ POLICY_CFG = {"_target_": "dpolicy.policies.diffusion.DiffusionPolicy", "horizon
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     normalizer = Normalizer.from_spec({"obs": SHAPE_META["obs"]["obs"], "action": {"shape": [2]}})
-    kwargs = {k: v for k, v in POLICY_CFG.items() if k != "_target_"}
+    kwargs = {k: v for k, v in POLICY_CFG.items() if k != "name"}
     policy = DiffusionPolicy(SHAPE_META, normalizer, **kwargs)
     config = {"task": {"env_id": "envs/PushTKeypoints-v0", "env_kwargs": {}, "max_steps": 300},
               "policy": POLICY_CFG}
-    path = tmp_path_factory.mktemp("run") / "checkpoints" / "latest.pt"
-    save_checkpoint(path, {"config": config, "shape_meta": SHAPE_META, "step": 0,
-                           "model": policy.state_dict(), "ema_model": None})
+    path = tmp_path_factory.mktemp("run") / "checkpoints" / "latest.safetensors"
+    save_checkpoint(path, {"config": config, "shape_meta": SHAPE_META, "step": 0}, policy.state_dict())
     return path
 
 

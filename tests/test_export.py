@@ -110,7 +110,7 @@ def test_export_refuses_samplers_and_policies_it_cannot_express():
 def test_export_command_writes_a_checked_archive(tmp_path, capsys):
     from dpolicy.bench.realtime import untrained_checkpoint
 
-    checkpoint = untrained_checkpoint(tmp_path / "tiny.pt", overrides=(
+    checkpoint = untrained_checkpoint(tmp_path / "tiny.safetensors", overrides=(
         "policy.down_dims=[16,32]", "policy.step_embed_dim=16", "policy.num_inference_steps=3"))
     from dpolicy.commands import export as export_cmd
 

@@ -67,7 +67,7 @@ def test_infer_bench_times_a_trained_checkpoint(tmp_path, capsys):
     from dpolicy.bench import infer
     from dpolicy.bench.realtime import untrained_checkpoint
 
-    checkpoint = untrained_checkpoint(tmp_path / "tiny.pt", overrides=(
+    checkpoint = untrained_checkpoint(tmp_path / "tiny.safetensors", overrides=(
         "policy.down_dims=[16,32]", "policy.step_embed_dim=16", "policy.num_inference_steps=3"))
     parser = argparse.ArgumentParser()
     infer.configure(parser)
@@ -82,7 +82,7 @@ def test_infer_bench_times_an_ibc_checkpoint_and_refuses_schedules_for_it(tmp_pa
     from dpolicy.bench import infer
     from dpolicy.bench.realtime import untrained_checkpoint
 
-    checkpoint = untrained_checkpoint(tmp_path / "ibc.pt", config="ibc_pusht_lowdim", overrides=(
+    checkpoint = untrained_checkpoint(tmp_path / "ibc.safetensors", config="ibc_pusht_lowdim", overrides=(
         "policy.hidden_dim=16", "policy.dfo_samples=8"))
     parser = argparse.ArgumentParser()
     infer.configure(parser)

@@ -217,7 +217,7 @@ def test_a_diffusion_policy_over_the_wire_equals_the_local_call_with_the_same_se
 def test_serve_command_answers_and_stops_cleanly_on_sigint(tmp_path):
     from dpolicy.bench.realtime import untrained_checkpoint
 
-    checkpoint = untrained_checkpoint(tmp_path / "tiny.pt", overrides=(
+    checkpoint = untrained_checkpoint(tmp_path / "tiny.safetensors", overrides=(
         "policy.down_dims=[16,32]", "policy.step_embed_dim=16", "policy.num_inference_steps=2"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -252,10 +252,10 @@ def test_serve_command_checks_token_and_address_before_loading(tmp_path, monkeyp
     monkeypatch.delenv("DPOLICY_SERVE_TOKEN", raising=False)
     parser = argparse.ArgumentParser()
     serve_cmd.configure(parser)
-    public = parser.parse_args([str(tmp_path / "missing.pt"), "--address", "tcp://0.0.0.0:5999"])
+    public = parser.parse_args([str(tmp_path / "missing.safetensors"), "--address", "tcp://0.0.0.0:5999"])
     with pytest.raises(ValueError, match="without a token"):
         serve_cmd.run(public)
-    no_file = parser.parse_args([str(tmp_path / "missing.pt"), "--token-file", str(tmp_path / "none.txt")])
+    no_file = parser.parse_args([str(tmp_path / "missing.safetensors"), "--token-file", str(tmp_path / "none.txt")])
     with pytest.raises(FileNotFoundError, match="token file"):
         serve_cmd.run(no_file)
     (tmp_path / "empty.txt").write_text("\n")

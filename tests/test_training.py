@@ -84,17 +84,18 @@ def test_loss_falls_and_checkpoint_is_self_describing(toy_dataset, tmp_path):
     assert any("val_loss" in r for r in map(eval_json, (run / "log.jsonl").read_text().splitlines()))
     assert (run / "curves.png").stat().st_size > 0
 
-    payload = read_checkpoint(run / "checkpoints" / "latest.pt")
-    for key in ("config", "shape_meta", "package_version", "step", "model", "ema_model", "optimizer"):
-        assert key in payload
-    assert payload["shape_meta"]["obs"]["obs"]["shape"] == [20]
-    policy, cfg = load_policy(run / "checkpoints" / "latest.pt")
+    checkpoint = read_checkpoint(run / "checkpoints" / "latest.safetensors")
+    for key in ("config", "shape_meta", "package_version", "step", "optimizer", "rng", "lr_scheduler"):
+        assert key in checkpoint.meta
+    assert checkpoint.tensors["model"] and checkpoint.tensors["ema_model"] and checkpoint.tensors["optimizer"]
+    assert checkpoint.meta["shape_meta"]["obs"]["obs"]["shape"] == [20]
+    policy, cfg = load_policy(run / "checkpoints" / "latest.safetensors")
     assert cfg.task.env_id == "envs/PushTKeypoints-v0"
     # EMA weights are what load_policy returns by default.
-    ema = payload["ema_model"]
+    ema = checkpoint.weights(use_ema=True)
     name = next(k for k in ema if k.endswith("weight") and not k.startswith("normalizer"))
     assert torch.equal(policy.state_dict()[name], ema[name])
-    assert not torch.equal(payload["model"][name], ema[name])
+    assert not torch.equal(checkpoint.weights(use_ema=False)[name], ema[name])
     # Normalization travels with the weights: actions come back in env units.
     obs = {"obs": torch.full((2, 20), 250.0)}
     action = policy.predict_action(obs)["action"]
@@ -109,9 +110,9 @@ def eval_json(line: str) -> dict:
 
 
 def _final_state(run: Path) -> dict:
-    payload = read_checkpoint(run / "checkpoints" / "latest.pt")
-    return {"step": payload["step"], "model": payload["model"], "ema": payload["ema_model"],
-            "opt": payload["optimizer"]["state"]}
+    checkpoint = read_checkpoint(run / "checkpoints" / "latest.safetensors")
+    return {"step": checkpoint.step, "model": checkpoint.weights(use_ema=False), "ema": checkpoint.weights(),
+            "opt": checkpoint.optimizer_state()["state"]}
 
 
 def _assert_same_state(a: dict, b: dict) -> None:
@@ -135,11 +136,11 @@ def test_killed_run_resumes_exactly(toy_dataset, tmp_path):
     cmd = [sys.executable, "-m", "dpolicy", "train", *(f"{o}" for o in [
         f"task.dataset.path={toy_dataset}", f"run_dir={killed}", "task.dataset.val_ratio=0.2", *TINY, steps])]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latest = killed / "checkpoints" / "latest.pt"
+    latest = killed / "checkpoints" / "latest.safetensors"
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
-            if latest.exists() and read_checkpoint(latest)["step"] >= 20:
+            if latest.exists() and read_checkpoint(latest).step >= 20:
                 break
             if proc.poll() is not None:
                 pytest.fail(f"training exited before it could be killed: {proc.stderr.read().decode()[-2000:]}")
@@ -147,7 +148,7 @@ def test_killed_run_resumes_exactly(toy_dataset, tmp_path):
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    killed_at = read_checkpoint(latest)["step"]
+    killed_at = read_checkpoint(latest).step
     assert 20 <= killed_at < 120
 
     Trainer(tiny_cfg(toy_dataset, killed, steps, "resume=true")).train()
@@ -204,9 +205,9 @@ def test_a_signalled_run_checkpoints_exits_cleanly_and_resumes(toy_dataset, tmp_
     assert "Traceback" not in stderr, stderr[-3000:]
     assert "(interrupted); writing checkpoint" in out_path.read_text()
 
-    latest = run / "checkpoints" / "latest.pt"
-    payload = read_checkpoint(latest)
-    stopped = int(payload["step"])
+    latest = run / "checkpoints" / "latest.safetensors"
+    checkpoint = read_checkpoint(latest)
+    stopped = checkpoint.step
     assert 10 <= stopped < max_steps
     summary = json.loads((run / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["step"] == stopped
@@ -218,13 +219,13 @@ def test_a_signalled_run_checkpoints_exits_cleanly_and_resumes(toy_dataset, tmp_
     assert trainer.step == stopped
     for name, value in trainer.policy.state_dict().items():
         if isinstance(value, torch.Tensor):
-            assert torch.equal(value, payload["model"][name]), name
+            assert torch.equal(value, checkpoint.weights(use_ema=False)[name]), name
     resumed = trainer.train()
     assert resumed["step"] == stopped + 12 and resumed["interrupted"] is False
     steps = [r["step"] for r in _train_records(run)]
     assert steps == sorted(set(steps)), "the resumed run restarted its step count instead of continuing"
     assert steps[0] <= stopped < steps[-1] == stopped + 12
-    assert read_checkpoint(latest)["step"] == stopped + 12
+    assert read_checkpoint(latest).step == stopped + 12
 
 
 def test_max_minutes_stops_the_run_on_time_with_a_checkpoint(toy_dataset, tmp_path):
@@ -239,9 +240,9 @@ def test_max_minutes_stops_the_run_on_time_with_a_checkpoint(toy_dataset, tmp_pa
     summary = json.loads((run / "summary.json").read_text())
     assert summary["interrupted"] is False  # a spent budget is a normal end, not an interruption
     assert summary["train_minutes"] >= max_minutes
-    payload = read_checkpoint(run / "checkpoints" / "latest.pt")
-    assert 0 < payload["step"] == summary["step"] < max_steps
-    assert payload["elapsed_s"] >= max_minutes * 60
+    checkpoint = read_checkpoint(run / "checkpoints" / "latest.safetensors")
+    assert 0 < checkpoint.step == summary["step"] < max_steps
+    assert checkpoint.meta["elapsed_s"] >= max_minutes * 60
     # It stopped at the first step past the budget: every earlier step was still inside it.
     records = _train_records(run)
     assert [r["step"] for r in records] == list(range(1, summary["step"] + 1))
@@ -250,7 +251,7 @@ def test_max_minutes_stops_the_run_on_time_with_a_checkpoint(toy_dataset, tmp_pa
 
 
 def test_resume_without_checkpoint_is_a_clear_error(toy_dataset, tmp_path):
-    with pytest.raises(FileNotFoundError, match="latest.pt"):
+    with pytest.raises(FileNotFoundError, match="latest.safetensors"):
         Trainer(tiny_cfg(toy_dataset, tmp_path / "nothing", "resume=true"))
 
 
@@ -314,11 +315,11 @@ def test_torchrun_two_processes_on_cpu_keep_the_ranks_weights_identical(toy_data
         assert torch.equal(ema0[name], ema1[name]), f"EMA {name} differs between the ranks"
 
     # Rank 0's checkpoint holds those weights and deploys like any other.
-    payload = read_checkpoint(run / "checkpoints" / "latest.pt")
-    assert payload["step"] == 20
-    for name, value in _tensors(payload["model"]).items():
+    checkpoint = read_checkpoint(run / "checkpoints" / "latest.safetensors")
+    assert checkpoint.step == 20
+    for name, value in _tensors(checkpoint.weights(use_ema=False)).items():
         assert torch.equal(value, final1[name]), name
-    policy, _ = load_policy(run / "checkpoints" / "latest.pt")
+    policy, _ = load_policy(run / "checkpoints" / "latest.safetensors")
     out = policy.predict_action({"obs": np.full((2, 20), 250.0, np.float32)})
     assert out["action"].shape == (4, 2)
 
@@ -331,7 +332,7 @@ def test_periodic_rollouts_keep_the_top_k_checkpoints(toy_dataset, tmp_path):
     evals = [r for r in map(eval_json, (run / "log.jsonl").read_text().splitlines()) if "eval/score" in r]
     assert [r["step"] for r in evals] == [10, 20, 30]
     assert all(0.0 <= r["eval/score"] <= 1.0 for r in evals)
-    kept = sorted(p.name for p in (run / "checkpoints").glob("step=*.pt"))
+    kept = sorted(p.name for p in (run / "checkpoints").glob("step=*.safetensors"))
     assert len(kept) == 2 and len(summary["top_k"]) == 2
     assert [e["score"] for e in summary["top_k"]] == sorted((e["score"] for e in summary["top_k"]), reverse=True)
     for entry in summary["top_k"]:
@@ -356,8 +357,8 @@ def test_ibc_trains_with_the_same_trainer_and_round_trips_through_a_checkpoint(t
         "training.num_threads=1"])
     trainer = Trainer(cfg)
     trainer.train()
-    policy, loaded_cfg = load_policy(run / "checkpoints" / "latest.pt")
-    assert loaded_cfg.policy._target_ == "dpolicy.policies.ibc.IbcPolicy"
+    policy, loaded_cfg = load_policy(run / "checkpoints" / "latest.safetensors")
+    assert loaded_cfg.policy.name == "ibc"
     for name, value in trainer.policy.state_dict().items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(policy.state_dict()[name], value), name
@@ -392,9 +393,10 @@ def test_compiled_training_matches_eager_and_writes_plain_checkpoints(toy_datase
 
     # Same data, same seed: the compiled kernels reorder float sums, nothing more.
     np.testing.assert_allclose(losses(compiled), losses(eager), rtol=2e-2)
-    a, b = read_checkpoint(eager / "checkpoints" / "latest.pt"), read_checkpoint(compiled / "checkpoints" / "latest.pt")
-    assert list(a["model"]) == list(b["model"]) and list(a["ema_model"]) == list(b["ema_model"])
-    policy, _ = load_policy(compiled / "checkpoints" / "latest.pt")  # an eager policy, as deployed
+    a, b = (read_checkpoint(run / "checkpoints" / "latest.safetensors") for run in (eager, compiled))
+    assert sorted(a.tensors["model"]) == sorted(b.tensors["model"])  # no "_orig_mod." prefixes
+    assert sorted(a.tensors["ema_model"]) == sorted(b.tensors["ema_model"])
+    policy, _ = load_policy(compiled / "checkpoints" / "latest.safetensors")  # an eager policy, as deployed
     assert torch.isfinite(policy.predict_action({"obs": torch.full((2, 20), 250.0)})["action"]).all()
     # A compiled run resumes like any other.
     summary = Trainer(tiny_cfg(toy_dataset, compiled, *steps[1:], "training.max_steps=40", "training.compile=true",

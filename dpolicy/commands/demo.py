@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
     print(f"[2/2] evaluating the EMA policy with the {args.protocol} protocol")
-    policy, cfg = load_policy(out / "checkpoints" / "latest.pt")
+    policy, cfg = load_policy(out / "checkpoints" / "latest.safetensors")
     metrics = evaluate(policy, env_id=cfg.task.env_id, seeds=protocol_seeds(args.protocol),
                        env_kwargs=dict(cfg.task.env_kwargs), max_steps=int(cfg.task.max_steps),
                        out_dir=out / "eval", n_videos=args.videos, progress=True)
@@ -80,7 +80,7 @@ def _report_text(args, summary: dict, train_min: float, metrics: dict, out: Path
         "# dpolicy demo report",
         "",
         f"- dataset: `{args.dataset}`",
-        f"- training: {summary['step']} steps in {train_min:.1f} min (checkpoint `checkpoints/latest.pt`)",
+        f"- training: {summary['step']} steps in {train_min:.1f} min (checkpoint `checkpoints/latest.safetensors`)",
         f"- evaluation: `{args.protocol}` protocol, {metrics.get('n_episodes')} episodes",
         "",
         "| run | score | success |",

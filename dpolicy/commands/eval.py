@@ -53,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def default_out_dir(checkpoint: Path, protocol: str) -> Path:
-    """``runs/x/checkpoints/latest.pt`` -> ``runs/x/eval/latest_<protocol>``."""
+    """``runs/x/checkpoints/latest.safetensors`` -> ``runs/x/eval/latest_<protocol>``."""
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     tag = protocol if protocol in PROTOCOLS else "seeds"
     return run_dir / "eval" / f"{checkpoint.stem}_{tag}"

@@ -19,7 +19,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "  dpolicy train --config pusht_lowdim training.max_steps=2000 run_dir=runs/try1\n"
         "  dpolicy train --config pusht_lowdim run_dir=runs/try1 resume=true   # continue a killed run\n"
         "  torchrun --nproc_per_node 2 -m dpolicy train --config pusht_lowdim device=cpu   # DDP\n"
-        "Outputs in run_dir: checkpoints/latest.pt, top-k checkpoints by rollout score, log.jsonl, curves.png.")
+        "Outputs in run_dir: checkpoints/latest.safetensors, top-k checkpoints by rollout score,\n"
+        "log.jsonl, curves.png.")
     parser.add_argument("--config", default=DEFAULT_CONFIG,
                         help=f"experiment config name (default {DEFAULT_CONFIG}); one of: "
                              + ", ".join(available_configs()))

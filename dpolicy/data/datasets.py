@@ -256,3 +256,26 @@ def make_pusht_image_dataset(path: str | Path, horizon: int = 16, n_obs_steps: i
     return WindowDataset(path, PUSHT_IMAGE_OBS, horizon=horizon, n_obs_steps=n_obs_steps,
                          n_action_steps=n_action_steps, val_ratio=val_ratio, seed=seed,
                          max_train_episodes=max_train_episodes)
+
+
+#: Dataset preset name (``task.dataset.preset`` in a config) -> factory; the other keys of that
+#: config section are the factory's arguments.
+DATASET_PRESETS: dict[str, Callable[..., WindowDataset]] = {
+    "lowdim": make_lowdim_dataset,
+    "pusht_lowdim": make_pusht_lowdim_dataset,
+    "pusht_image": make_pusht_image_dataset,
+}
+
+
+def build_dataset(dataset_cfg: Mapping) -> WindowDataset:
+    """The dataset a config's ``task.dataset`` section describes (``preset`` + arguments)."""
+    from dpolicy.errors import ConfigError
+
+    arguments = dict(dataset_cfg)
+    preset = arguments.pop("preset", None)
+    if preset not in DATASET_PRESETS:
+        raise ConfigError(f"task.dataset.preset is {preset!r}; expected one of {sorted(DATASET_PRESETS)}")
+    try:
+        return DATASET_PRESETS[preset](**arguments)
+    except TypeError as exc:
+        raise ConfigError(f"task.dataset ({preset}): {exc}") from None

@@ -6,8 +6,8 @@ follows DDPM with ``num_train_timesteps`` steps; sampling uses any scheduler of
 :data:`dpolicy.models.noise_schedulers.SCHEDULERS` with any number of steps, switchable after
 training with :meth:`DiffusionPolicy.set_inference`.
 
-Every constructor argument is a plain value so that hydra can build the policy from a config
-(``_target_: dpolicy.policies.diffusion.DiffusionPolicy``) and a checkpoint can rebuild it.
+Every constructor argument is a plain value so that a config (``policy.name: diffusion`` plus
+these arguments) or a checkpoint can rebuild it.
 """
 
 from __future__ import annotations

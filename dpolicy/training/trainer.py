@@ -1,9 +1,11 @@
 """One trainer for every policy of the package.
 
 The trainer knows nothing about diffusion or energies: it builds the dataset and the policy from
-the hydra config (``cfg.task.dataset`` and ``cfg.policy`` are ``_target_`` nodes), then runs
+the config (``cfg.task.dataset.preset`` and ``cfg.policy.name`` pick registered factories; every other
+value is a plain argument), then runs
 AdamW with a warm-up + cosine learning-rate schedule, gradient clipping and an EMA of the
-weights. Every ``checkpoint_every`` steps it writes ``checkpoints/latest.pt`` (atomically), so
+weights. Every ``checkpoint_every`` steps it writes ``checkpoints/latest.safetensors`` (atomically),
+so
 ``resume=true`` continues a killed run from there with the same data order, RNG streams,
 optimizer and EMA state. Periodic rollouts score the EMA policy and keep the top-k checkpoints.
 
@@ -27,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from dpolicy.training.checkpoint import build_policy, read_checkpoint, save_checkpoint
+from dpolicy.data.datasets import build_dataset
+from dpolicy.training.checkpoint import LATEST, build_policy, read_checkpoint, save_checkpoint
 from dpolicy.training.devices import resolve_device
 from dpolicy.training.logging import RunLogger
 
@@ -87,7 +89,7 @@ class Trainer:
             torch.set_num_threads(int(self.tcfg.num_threads))
 
         _seed_everything(int(cfg.seed) + self.ctx.rank)
-        self.dataset = instantiate(cfg.task.dataset, _convert_="all")
+        self.dataset = build_dataset(OmegaConf.to_container(cfg.task.dataset, resolve=True))
         if len(self.dataset) == 0:
             raise ValueError(f"dataset {cfg.task.dataset.get('path')} has no training windows")
         self.val_dataset = self.dataset.get_validation_dataset()
@@ -121,8 +123,8 @@ class Trainer:
         self.batch_in_epoch = 0
         self.elapsed_s = 0.0  # training wall-clock accumulated over resumed segments
         self.top_k: list[dict[str, Any]] = []  # [{"score", "step", "path"}], best first
-        if not cfg.resume and (self.ckpt_dir / "latest.pt").exists():
-            raise FileExistsError(f"{self.run_dir} already holds a run ({self.ckpt_dir / 'latest.pt'}): continue it "
+        if not cfg.resume and (self.ckpt_dir / LATEST).exists():
+            raise FileExistsError(f"{self.run_dir} already holds a run ({self.ckpt_dir / LATEST}): continue it "
                                   f"with resume=true or choose another run_dir")
         self.logger = RunLogger(self.run_dir, enabled=self.ctx.is_main, fresh=not cfg.resume,
                                 tensorboard=bool(self.tcfg.tensorboard),
@@ -213,7 +215,7 @@ class Trainer:
                 signal.signal(signal.SIGTERM, previous_handler)
 
         if self.ctx.is_main:
-            self._save("latest.pt")
+            self._save(LATEST)
         summary = {"step": self.step, "epoch": self.epoch, "train_minutes": self.elapsed_s / 60,
                    "interrupted": interrupted, "run_dir": str(self.run_dir), "top_k": self.top_k}
         if self.ctx.is_main:
@@ -232,7 +234,7 @@ class Trainer:
         if self.ctx.is_main and int(t.eval_every) > 0 and self.step % int(t.eval_every) == 0:
             self._evaluate()
         if self.ctx.is_main and (self.step % int(t.checkpoint_every) == 0):
-            self._save("latest.pt")
+            self._save(LATEST)
 
     # ------------------------------------------------------------------ validation and rollouts
     def eval_policy(self) -> torch.nn.Module:
@@ -283,60 +285,59 @@ class Trainer:
         worst = self.top_k[-1]["score"] if len(self.top_k) >= k else -math.inf
         if score <= worst:
             return
-        name = f"step={self.step:07d}-score={score:.3f}.pt"
+        name = f"step={self.step:07d}-score={score:.3f}.safetensors"
         self._save(name)
         self.top_k.append({"score": score, "step": self.step, "path": str(self.ckpt_dir / name)})
         self.top_k.sort(key=lambda e: (-e["score"], e["step"]))
         for dropped in self.top_k[k:]:
             Path(dropped["path"]).unlink(missing_ok=True)
         self.top_k = self.top_k[:k]
-        self._save("latest.pt")  # the top-k list is part of the resumable state
+        self._save(LATEST)  # the top-k list is part of the resumable state
 
     # ------------------------------------------------------------------ checkpoints
-    def state_payload(self) -> dict[str, Any]:
-        return {
+    def _save(self, name: str) -> Path:
+        """Write a checkpoint: weights, EMA weights and everything ``resume=true`` needs."""
+        meta = {
             "config": OmegaConf.to_container(self.cfg, resolve=True),
             "shape_meta": self.shape_meta,
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "elapsed_s": self.elapsed_s,
-            "model": self.policy.state_dict(),
-            "ema_model": self.ema.averaged_model.state_dict() if self.ema is not None else None,
-            "ema_state": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
+            "ema_state": ({k: v for k, v in self.ema.state_dict().items() if k != "averaged_model"}
+                          if self.ema is not None else None),
             "top_k": self.top_k,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }
-
-    def _save(self, name: str) -> Path:
-        return save_checkpoint(self.ckpt_dir / name, self.state_payload())
+        return save_checkpoint(self.ckpt_dir / name, meta, self.policy.state_dict(),
+                               ema_model=self.ema.averaged_model.state_dict() if self.ema is not None else None,
+                               optimizer=self.optimizer.state_dict(), rng=True)
 
     def _load_for_resume(self) -> None:
-        path = self.ckpt_dir / "latest.pt"
+        path = self.ckpt_dir / LATEST
         if not path.is_file():
             raise FileNotFoundError(f"resume=true but there is no checkpoint to resume from at {path}")
-        payload = read_checkpoint(path, map_location=self.ctx.device)
-        saved_target = payload["config"]["policy"].get("_target_")
-        if saved_target != self.cfg.policy.get("_target_"):
-            raise ValueError(f"{path} holds a {saved_target} policy, the config asks for {self.cfg.policy._target_}")
-        self.policy.load_state_dict(payload["model"])
-        if self.ema is not None and payload.get("ema_state") is not None:
-            self.ema.load_state_dict(payload["ema_state"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.lr_scheduler.load_state_dict(payload["lr_scheduler"])
-        self.step, self.epoch = int(payload["step"]), int(payload["epoch"])
-        self.batch_in_epoch, self.elapsed_s = int(payload["batch_in_epoch"]), float(payload["elapsed_s"])
-        self.top_k = list(payload.get("top_k", []))
+        checkpoint = read_checkpoint(path, device=self.ctx.device)
+        meta = checkpoint.meta
+        saved_name = meta["config"]["policy"].get("name")
+        if saved_name != self.cfg.policy.get("name"):
+            raise ValueError(f"{path} holds a {saved_name!r} policy, the config asks for {self.cfg.policy.name!r}")
+        optimizer_state = checkpoint.optimizer_state()
+        if optimizer_state is None:
+            raise ValueError(f"{path} holds no optimizer state: it cannot resume a run")
+        self.policy.load_state_dict(checkpoint.weights(use_ema=False))
+        if self.ema is not None and meta.get("ema_state") is not None:
+            self.ema.load_state_dict({**meta["ema_state"], "averaged_model": checkpoint.weights(use_ema=True)})
+        self.optimizer.load_state_dict(optimizer_state)
+        self.lr_scheduler.load_state_dict(meta["lr_scheduler"])
+        self.step, self.epoch = int(meta["step"]), int(meta["epoch"])
+        self.batch_in_epoch, self.elapsed_s = int(meta["batch_in_epoch"]), float(meta["elapsed_s"])
+        self.top_k = list(meta.get("top_k", []))
         if self.ctx.enabled:
             # Only rank 0's RNG streams are saved: give every rank a fresh, distinct stream instead.
             _seed_everything(int(self.cfg.seed) + self.ctx.rank + 1_000_003 * self.step)
         else:
-            rng = payload["rng"]
-            torch.set_rng_state(rng["torch"].cpu())
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
+            checkpoint.restore_rng()
         if self.ctx.is_main:
             tqdm.write(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
 
