@@ -47,7 +47,7 @@ def test_point_reach_trains_and_evaluates_through_the_shared_pieces(tmp_path):
     assert summary["step"] == 600 and not summary["interrupted"]
     assert summary["top_k"], "the trainer's periodic rollouts scored no checkpoint"
 
-    policy, saved_cfg = load_policy(tmp_path / "run" / "checkpoints" / "latest.pt")
+    policy, saved_cfg = load_policy(tmp_path / "run" / "checkpoints" / "latest.safetensors")
     assert saved_cfg.task.env_id == "envs/PointReach-v0"
     metrics = evaluate(policy, saved_cfg.task.env_id, protocol_seeds("1000-1019"), vector="sync",
                        max_steps=int(saved_cfg.task.max_steps), out_dir=tmp_path / "eval", n_videos=1,

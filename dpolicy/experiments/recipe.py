@@ -7,7 +7,7 @@ Per run it reads what `dpolicy train` and `dpolicy eval` wrote:
 - ``log.jsonl``: the periodic rollouts (``eval/score`` against ``elapsed_min``) for the plot;
 - ``eval/latest_paper/metrics.json`` and ``eval/latest_large/metrics.json``: the final policy on the
   paper protocol (score) and the large one (success rate), from
-  ``dpolicy eval RUN/checkpoints/latest.pt --protocol paper|large``.
+  ``dpolicy eval RUN/checkpoints/latest.safetensors --protocol paper|large``.
 
     python -m dpolicy.experiments.recipe --group "Diffusion Policy=runs/dp_s0,runs/dp_s1,runs/dp_s2" \\
         --plot docs/score_vs_minutes.png
