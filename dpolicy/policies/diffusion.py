@@ -66,8 +66,9 @@ class DiffusionPolicy(Policy):
             raise ValueError(f"horizon {self.horizon} must be divisible by {self.model.time_reduction} "
                              f"for a UNet with {len(self.model.down_dims)} levels "
                              f"(down_dims={list(down_dims)})")
-        self.noise_scheduler = make_training_scheduler(num_train_timesteps, beta_schedule, prediction_type,
-                                                       clip_sample)
+        with torch.device("cpu"):  # schedule tables are CPU numbers, also when the nets are built elsewhere
+            self.noise_scheduler = make_training_scheduler(num_train_timesteps, beta_schedule, prediction_type,
+                                                           clip_sample)
         self.fast_sampling = bool(fast_sampling)
         self.inference_scheduler_name = inference_scheduler
         self._sampler: ReverseDiffusion | None = None
@@ -85,8 +86,9 @@ class DiffusionPolicy(Policy):
         n_steps = int(steps) if steps is not None else self._sampler.num_steps
         if fast is not None:
             self.fast_sampling = bool(fast)
-        self._sampler = ReverseDiffusion(make_inference_scheduler(name, self.noise_scheduler), n_steps,
-                                         fast=self.fast_sampling)
+        with torch.device("cpu"):
+            self._sampler = ReverseDiffusion(make_inference_scheduler(name, self.noise_scheduler), n_steps,
+                                             fast=self.fast_sampling)
         self.inference_scheduler_name = name
 
     @property

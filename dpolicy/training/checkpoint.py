@@ -195,7 +195,8 @@ class Checkpoint:
 
 
 def _read_header(path: Path, blob: bytes) -> dict:
-    if blob[:2] == b"PK" or blob[:1] == b"\x80":
+    looks_like_safetensors = len(blob) >= 9 and blob[8:9] == b"{"  # 8-byte header length, then JSON
+    if not looks_like_safetensors and (blob[:2] == b"PK" or blob[:1] == b"\x80"):  # torch zip or raw pickle
         raise CheckpointError(f"{path}: a legacy pickle checkpoint (torch.save); loading it could run code. "
                               f"Convert a file you trust once with `dpolicy convert-checkpoint {path} --trust`")
     if len(blob) < 8:
@@ -228,13 +229,24 @@ def _check_document(path: Path, meta: dict) -> None:
     if not ok:
         raise CheckpointError(f"{path}: metadata 'shape_meta' must be {{'obs': {{key: {{'shape': [...], 'type': "
                               f"'low_dim'|'rgb'}}}}, 'action': {{'shape': [D]}}}}")
-    if not isinstance(meta.get("step"), int) or meta["step"] < 0:
+    extra = meta.get("extra_state", {})
+    if not isinstance(meta.get("has_ema", False), bool) or not isinstance(extra, dict) \
+            or not all(isinstance(extra.get(group, {}), dict) for group in ("model", "ema_model")):
+        raise CheckpointError(f"{path}: metadata 'has_ema' must be true/false and 'extra_state' "
+                              "{'model': {...}, 'ema_model': {...}}")
+    if not isinstance(meta.get("step"), int) or isinstance(meta["step"], bool) or meta["step"] < 0:
         raise CheckpointError(f"{path}: metadata 'step' must be a non-negative integer, got {meta.get('step')!r}")
 
 
+#: The most elements one observation or action may declare (a 4K RGB frame has 2.5e7).
+MAX_SHAPE_ELEMENTS = 2**26
+
+
 def _is_shape(value) -> bool:
-    return (isinstance(value, list) and 0 < len(value) <= 8
-            and all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 2**16 for n in value))
+    if not (isinstance(value, list) and 0 < len(value) <= 8
+            and all(isinstance(n, int) and not isinstance(n, bool) and 0 < n for n in value)):
+        return False
+    return int(np.prod(value, dtype=np.float64)) <= MAX_SHAPE_ELEMENTS
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -312,6 +324,11 @@ def policy_from_checkpoint(checkpoint: Checkpoint, use_ema: bool = True) -> torc
     spec = dict(shape_meta["obs"])
     spec["action"] = {"shape": shape_meta["action"]["shape"], "type": "low_dim"}
     try:
+        # First on the meta device (shapes only, no memory): a config that describes another or an
+        # enormous network is refused before anything is allocated.
+        with torch.device("meta"):
+            skeleton = build_policy(checkpoint.meta["config"], shape_meta, Normalizer.from_spec(spec))
+        _check_shapes(checkpoint, skeleton.state_dict(), use_ema)
         policy = build_policy(checkpoint.meta["config"], shape_meta, Normalizer.from_spec(spec))
     except CheckpointError as exc:
         raise CheckpointError(f"{checkpoint.path}: {exc}") from None
@@ -319,11 +336,26 @@ def policy_from_checkpoint(checkpoint: Checkpoint, use_ema: bool = True) -> torc
         raise CheckpointError(f"{checkpoint.path}: its config does not build a policy ({exc})") from None
     try:
         policy.load_state_dict(checkpoint.weights(use_ema))
-    except RuntimeError as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()][:3]
         raise CheckpointError(f"{checkpoint.path}: weights do not match the policy its config describes: "
                               + " ".join(lines)) from None
     return policy
+
+
+def _check_shapes(checkpoint: Checkpoint, expected: Mapping, use_ema: bool) -> None:
+    """The file's weights have exactly the names and shapes of the policy its config describes."""
+    stored = checkpoint.weights(use_ema)
+    wanted = {k: tuple(v.shape) for k, v in expected.items() if isinstance(v, torch.Tensor)}
+    found = {k: tuple(v.shape) for k, v in stored.items() if isinstance(v, torch.Tensor)}
+    missing, unexpected = sorted(set(wanted) - set(found)), sorted(set(found) - set(wanted))
+    wrong = [f"{k} {found[k]} (expected {wanted[k]})" for k in sorted(set(wanted) & set(found))
+             if found[k] != wanted[k]]
+    if missing or unexpected or wrong:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+                 f"wrong shapes {wrong[:3]}" if wrong else ""]
+        raise CheckpointError("weights do not match the policy its config describes: "
+                              + "; ".join(p for p in parts if p))
 
 
 def load_policy(path: str | Path, use_ema: bool = True, device: str | torch.device | None = None):

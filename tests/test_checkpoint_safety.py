@@ -1,0 +1,157 @@
+"""Checkpoints cannot run code: a planted pickle payload or a planted ``_target_`` never executes,
+through any command that loads a checkpoint; bad files give one plain error line."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpolicy.bench.realtime import untrained_checkpoint
+from dpolicy.training.checkpoint import (
+    CheckpointError,
+    convert_legacy_checkpoint,
+    load_policy,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+TINY = ("policy.down_dims=[16,32]", "policy.step_embed_dim=16", "policy.num_inference_steps=2")
+
+
+class _Payload:
+    """Unpickling this creates the marker file: proof that the file's code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def _commands(path: Path, tmp_path: Path) -> list[list[str]]:
+    """Every command that loads a checkpoint, pointed at ``path``."""
+    return [["eval", str(path), "--protocol", "100000", "--max-steps", "2", "--vector", "sync", "--no-progress"],
+            ["serve", str(path), "--address", "tcp://127.0.0.1:0"],
+            ["export", str(path), "--out", str(tmp_path / "export")],
+            ["bench", "infer", "--checkpoint", str(path)],
+            ["bench", "realtime", "--checkpoint", str(path), "--steps", "5", "--no-sync"],
+            ["bench", "serve", "--checkpoint", str(path)]]
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "DPOLICY_DEBUG"}
+    return subprocess.run([sys.executable, "-m", "dpolicy", *args], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory) -> Path:
+    return untrained_checkpoint(tmp_path_factory.mktemp("good") / "tiny.safetensors", overrides=TINY)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["legacy.pt", "disguised.safetensors"])
+def test_a_planted_pickle_never_executes_through_any_command(tmp_path, name):
+    marker = tmp_path / "pwned"
+    path = tmp_path / name
+    torch.save({"format": "dpolicy-checkpoint-v1", "config": _Payload(marker)}, path)
+    for args in _commands(path, tmp_path):
+        proc = _run(args)
+        assert not marker.exists(), f"`dpolicy {' '.join(args[:2])}` executed the checkpoint's pickle"
+        assert proc.returncode == 1, (args, proc.returncode, proc.stderr[-1500:])
+        assert "Traceback" not in proc.stderr, (args, proc.stderr[-1500:])
+        assert "legacy pickle checkpoint" in proc.stderr and str(path) in proc.stderr, proc.stderr
+
+
+def _with_config(source: Path, dest: Path, edit) -> Path:
+    checkpoint = read_checkpoint(source)
+    meta = {k: v for k, v in checkpoint.meta.items() if k not in ("format", "package_version", "has_ema",
+                                                                  "extra_state")}
+    edit(meta["config"])
+    return save_checkpoint(dest, meta, checkpoint.weights(use_ema=False))
+
+
+@pytest.mark.slow
+def test_a_planted_target_never_executes_through_any_command(tmp_path, good_checkpoint):
+    marker = tmp_path / "made_by_target"
+    target = {"_target_": "os.makedirs", "name": str(marker)}
+
+    def nested_in_policy(config):
+        config["policy"]["down_dims"] = target
+
+    def elsewhere(config):
+        config["task"]["dataset"] = target
+        config["policy"]["_target_"] = "os.makedirs"
+
+    for edit in (nested_in_policy, elsewhere):
+        path = _with_config(good_checkpoint, tmp_path / f"{edit.__name__}.safetensors", edit)
+        for args in _commands(path, tmp_path):
+            proc = _run(args)
+            assert not marker.exists(), f"`dpolicy {' '.join(args[:2])}` followed a _target_ ({edit.__name__})"
+            assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stderr[-1500:])
+            assert "is not allowed" in proc.stderr and "policy." in proc.stderr, proc.stderr
+
+
+def test_unknown_policy_names_and_foreign_files_are_refused(tmp_path, good_checkpoint):
+    renamed = _with_config(good_checkpoint, tmp_path / "renamed.safetensors",
+                           lambda c: c["policy"].update(name="os.system"))
+    with pytest.raises(CheckpointError, match=r"unknown policy name 'os.system'.*expected one of"):
+        load_policy(renamed)
+    random_bytes = tmp_path / "noise.safetensors"
+    random_bytes.write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError, match="noise.safetensors"):
+        read_checkpoint(random_bytes)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        read_checkpoint(tmp_path / "absent.safetensors")
+
+
+def test_weights_that_do_not_fit_the_config_name_the_file(tmp_path, good_checkpoint):
+    wider = _with_config(good_checkpoint, tmp_path / "wider.safetensors",
+                         lambda c: c["policy"].update(down_dims=[32, 64]))
+    with pytest.raises(CheckpointError, match=r"wider.safetensors: weights do not match"):
+        load_policy(wider)
+
+
+def _legacy_file(path: Path, source: Path) -> Path:
+    """A checkpoint as the pickle-format versions wrote it, from the same weights."""
+    checkpoint = read_checkpoint(source)
+    config = json.loads(json.dumps(checkpoint.meta["config"]))
+    config["policy"] = {"_target_": "dpolicy.policies.diffusion.DiffusionPolicy",
+                        **{k: v for k, v in config["policy"].items() if k != "name"}}
+    torch.save({"format": "dpolicy-checkpoint-v1", "package_version": "0.1.0", "config": config,
+                "shape_meta": checkpoint.meta["shape_meta"], "step": 7,
+                "model": checkpoint.weights(use_ema=False), "ema_model": None}, path)
+    return path
+
+
+def test_conversion_needs_trust_and_keeps_the_weights(tmp_path, good_checkpoint):
+    legacy = _legacy_file(tmp_path / "old.pt", good_checkpoint)
+    with pytest.raises(CheckpointError, match="can run any code"):
+        convert_legacy_checkpoint(legacy, tmp_path / "new.safetensors")
+    proc = _run(["convert-checkpoint", str(legacy)])
+    assert proc.returncode == 1 and "--trust" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _run(["convert-checkpoint", str(legacy), "--trust"])
+    assert proc.returncode == 0, proc.stderr
+    converted, cfg = load_policy(legacy.with_suffix(".safetensors"))
+    original, _ = load_policy(good_checkpoint)
+    assert cfg.policy.name == "diffusion" and read_checkpoint(legacy.with_suffix(".safetensors")).step == 7
+    for name, value in original.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, converted.state_dict()[name]), name
+
+
+def test_a_truncated_header_is_refused_before_parsing(tmp_path, good_checkpoint):
+    blob = good_checkpoint.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    for cut in (4, 8 + n // 2, len(blob) - 10):
+        path = tmp_path / f"cut{cut}.safetensors"
+        path.write_bytes(blob[:cut])
+        with pytest.raises(CheckpointError, match=f"cut{cut}.safetensors"):
+            load_policy(path)
