@@ -10,11 +10,13 @@ from dpolicy.control.server import (
     DEFAULT_ADDRESS,
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_WINDOWS,
     TOKEN_ENV,
     PolicyServer,
     check_exposure,
     read_token,
 )
+from dpolicy.errors import UsageError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="largest request accepted, MiB (default %(default)g)")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                         help="most waiting requests stacked into one policy call (default %(default)d)")
+    parser.add_argument("--max-windows", type=int, default=DEFAULT_MAX_WINDOWS,
+                        help="most observation windows (batch B) per request and per policy call: bounds how "
+                             "long one large request holds the other clients (default %(default)d)")
     parser.add_argument("--device", default=None, help="torch device (default: auto)")
     parser.add_argument("--no-ema", action="store_true",
                         help="serve the plain weights instead of the EMA weights")
@@ -39,21 +44,32 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    max_request_bytes = int(args.max_request_mb * 2**20)
+    if max_request_bytes < 1024:
+        raise UsageError(f"--max-request-mb must be at least 1 KiB (0.001), got {args.max_request_mb:g}")
+    for option, value in (("--max-batch", args.max_batch), ("--max-windows", args.max_windows),
+                          ("--threads", 1 if args.threads is None else args.threads)):
+        if value < 1:
+            raise UsageError(f"{option} must be >= 1, got {value}")
+    try:  # before the (slow) checkpoint load
+        token = read_token(args.token_file)
+        check_exposure(args.address, token)
+    except ValueError as exc:  # an empty token file, a public address without a token, a bad address
+        raise UsageError(str(exc)) from None
+
     import torch
 
     from dpolicy.training.checkpoint import load_policy
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    token = read_token(args.token_file)
-    check_exposure(args.address, token)  # before the (slow) checkpoint load
     policy, _ = load_policy(args.checkpoint, use_ema=not args.no_ema, device=args.device)
     if args.scheduler is not None or args.steps is not None:
         if not hasattr(policy, "set_inference"):
             raise SystemExit(f"--scheduler/--steps: {type(policy).__name__} has no diffusion sampler")
         policy.set_inference(args.scheduler, args.steps)
-    server = PolicyServer(policy, args.address, token=token,
-                          max_request_bytes=int(args.max_request_mb * 2**20), max_batch=args.max_batch,
+    server = PolicyServer(policy, args.address, token=token, max_request_bytes=max_request_bytes,
+                          max_batch=args.max_batch, max_windows=args.max_windows,
                           info={"checkpoint": str(args.checkpoint)})
     # Ctrl-C and SIGTERM only set the stop flag: the poll loop notices within 0.1 s and the socket is closed
     # cleanly, whatever zmq call the signal lands in.
@@ -62,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     info = server.info()
     print(f"serving {args.checkpoint} ({info['policy']}, To={info['n_obs_steps']}, "
           f"Ta={info.get('n_action_steps', '?')}) on {server.address}, "
-          f"token {'required' if token else 'not required (loopback only)'}; Ctrl-C to stop", flush=True)
+          f"token {'required' if token else 'not required (loopback only)'}; limits per request: "
+          f"{server.max_request_bytes / 2**20:g} MiB, {server.max_frames} frames, {server.max_windows} windows; "
+          "Ctrl-C to stop", flush=True)
     try:
         server.serve_forever()
     finally:

@@ -15,6 +15,12 @@ HWC uint8). Replies echo ``id`` and carry ``"ok": true`` with the result (``pred
 ``"ok": false`` with ``"error"``. A client in another language needs a ZeroMQ DEALER socket (or
 REQ, which adds an empty delimiter frame) and a JSON library.
 
+Limits (the server's ``info`` reply lists them): a request has at most ``max_frames`` frames (the
+header plus one per observation key), ``max_request_bytes`` bytes in all and ``max_windows``
+observation windows (B); float observations must be finite. Anything else gets an error reply.
+:class:`PolicyClient` checks every ``predict`` reply in turn (shape ``(B, Ta, D)`` for the
+request's B, float dtype, finite values) and raises :class:`ProtocolError` on a malformed one.
+
 :class:`PolicyClient` is a policy (``predict_action`` + ``n_obs_steps``), so it plugs into
 :class:`~dpolicy.control.controller.ChunkController`, the real-time runner or ``evaluate``.
 """
@@ -22,6 +28,7 @@ REQ, which adds an empty delimiter frame) and a JSON library.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -77,7 +84,8 @@ def decode_header(frame: bytes) -> dict:
         raise ProtocolError(f"header of {len(frame)} bytes exceeds {MAX_HEADER_BYTES} bytes")
     try:
         header = json.loads(bytes(frame).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError covers bad UTF-8, bad JSON and integers too long to convert; RecursionError deep nesting
+    except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"frame 0 must be a UTF-8 JSON object (the header): {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"the header must be a JSON object, got {type(header).__name__}")
@@ -106,12 +114,89 @@ def decode_arrays(header: Mapping, frames: list[bytes]) -> dict[str, np.ndarray]
                 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)):
             raise ProtocolError(f"array {name!r}: shape must be a list of at most {MAX_NDIM} non-negative "
                                 f"integers, got {shape!r}")
-        expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        expected = math.prod(shape) * np.dtype(dtype).itemsize  # exact: huge shapes cannot wrap around
         if len(frame) != expected:
             raise ProtocolError(f"array {name!r}: {len(frame)} bytes for dtype {dtype} and shape {shape}, "
                                 f"expected {expected}")
         arrays[name] = np.frombuffer(frame, dtype=dtype).reshape(shape).copy()
     return arrays
+
+
+def observation_layout(arrays: Mapping[str, np.ndarray], ndims: Mapping[str, int] | None) -> tuple[str, int]:
+    """How a ``predict`` request's observations are laid out, and how many windows they hold.
+
+    ``ndims`` maps each observation key to its number of feature dimensions (from the policy's
+    ``shape_meta``). Returns ``("batched", B)`` for ``{key: (B, To, *shape)}``, ``("unbatched", 1)``
+    for ``{key: (To, *shape)}`` and ``("unknown", n)`` when it cannot be told (no spec, other keys,
+    mixed layouts), with ``n`` the largest leading dimension: an upper bound on the windows.
+    """
+    if ndims is not None and arrays and set(arrays) == set(ndims):
+        extra = {arrays[k].ndim - ndims[k] for k in arrays}
+        if extra == {1}:
+            return "unbatched", 1
+        leading = {arrays[k].shape[0] for k in arrays} if extra == {2} else set()
+        if len(leading) == 1:
+            return "batched", int(leading.pop())
+    return "unknown", max((int(a.shape[0]) for a in arrays.values() if a.ndim), default=0)
+
+
+def _action_dim(info: Mapping) -> int | None:
+    if isinstance(info.get("action_dim"), int):
+        return info["action_dim"]
+    meta = info.get("shape_meta")
+    action = meta.get("action") if isinstance(meta, Mapping) else None
+    shape = action.get("shape") if isinstance(action, Mapping) else None
+    return shape[0] if isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int) else None
+
+
+def check_prediction(out: Mapping[str, np.ndarray], request: Mapping[str, np.ndarray],
+                     info: Mapping | None = None) -> None:
+    """Raise :class:`ProtocolError` unless ``out`` is a well-formed ``predict`` reply to ``request``.
+
+    Well-formed: arrays ``action`` (B, Ta, D) and ``action_pred`` (B, Tp, D), float32 or float64,
+    all finite, with B the request's batch (no B for an unbatched request). With ``info`` (the
+    server's ``info`` reply) the layout follows its ``shape_meta`` and Ta, Tp, D must match its
+    ``n_action_steps``, ``horizon`` and action dimension.
+    """
+    info = info or {}
+    meta = info.get("shape_meta")
+    obs_meta = meta.get("obs") if isinstance(meta, Mapping) else None
+    ndims = ({k: len(v["shape"]) for k, v in obs_meta.items()}
+             if isinstance(obs_meta, Mapping) and all(isinstance(v, Mapping) and isinstance(v.get("shape"), list)
+                                                      for v in obs_meta.values()) else None)
+    layout, batch = observation_layout(request, ndims)
+    if layout == "unknown":  # no spec: a 3-d reply must still carry the requests' common leading dimension
+        leading = {a.shape[0] for a in request.values() if a.ndim}
+        batch = leading.pop() if len(leading) == 1 else None
+    expected_time = {"action": info.get("n_action_steps"), "action_pred": info.get("horizon")}
+    dim = _action_dim(info)
+    for name in ("action", "action_pred"):
+        if name not in out:
+            raise ProtocolError(f"malformed predict reply: no {name!r} array (got {sorted(out)})")
+        array = out[name]
+        if array.dtype not in (np.float32, np.float64):
+            raise ProtocolError(f"malformed predict reply: {name!r} has dtype {array.dtype}, expected float32")
+        ndim = {"batched": 3, "unbatched": 2}.get(layout)
+        if (ndim is not None and array.ndim != ndim) or array.ndim not in (2, 3):
+            want = {"batched": f"(B={batch}, T, D)", "unbatched": "(T, D) (the request had no batch dimension)"
+                    }.get(layout, "(B, T, D) or (T, D)")
+            raise ProtocolError(f"malformed predict reply: {name!r} has shape {array.shape}, expected {want}")
+        if array.ndim == 3 and batch is not None and array.shape[0] != batch:
+            raise ProtocolError(f"malformed predict reply: {name!r} has shape {array.shape}, expected batch "
+                                f"{batch} (the request's B), got {array.shape[0]}")
+        steps = expected_time[name]
+        if isinstance(steps, int) and array.shape[-2] != steps:
+            raise ProtocolError(f"malformed predict reply: {name!r} has shape {array.shape}, expected {steps} "
+                                "time steps (the server's info)")
+        if dim is not None and array.shape[-1] != dim:
+            raise ProtocolError(f"malformed predict reply: {name!r} has shape {array.shape}, expected action "
+                                f"dimension {dim}")
+        if not np.isfinite(array).all():
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            raise ProtocolError(f"malformed predict reply: {name!r} has {bad} non-finite values (NaN or inf)")
+    if out["action"].shape[:-2] != out["action_pred"].shape[:-2]:
+        raise ProtocolError(f"malformed predict reply: 'action' {out['action'].shape} and 'action_pred' "
+                            f"{out['action_pred'].shape} disagree on the batch")
 
 
 def decode_message(frames: list[bytes]) -> tuple[dict, dict[str, np.ndarray]]:
@@ -185,7 +270,11 @@ class PolicyClient:
     def info(self) -> dict:
         """The served policy's description: n_obs_steps, n_action_steps, horizon, shape_meta, ..."""
         if self._info is None:
-            self._info = self.request("info")[0]["info"]
+            info = self.request("info")[0].get("info")
+            if not isinstance(info, dict) or not isinstance(info.get("n_obs_steps"), int):
+                raise ProtocolError(f"policy server at {self.address}: malformed info reply (no integer "
+                                    "'n_obs_steps')")
+            self._info = info
         return self._info
 
     # ------------------------------------------------------------------ policy interface
@@ -201,11 +290,18 @@ class PolicyClient:
         """``{"action": (B, Ta, D), "action_pred": (B, Tp, D)}`` float32 for ``obs`` ``{key: (B, To, ...)}``.
 
         Torch tensors are accepted too. ``seed`` makes the server's sampling noise reproducible.
+        The reply is checked against the request and the server's ``info`` (fetched once, on first
+        use): a malformed one (wrong shape or dtype, NaN or inf) raises :class:`ProtocolError`.
         """
         arrays = {key: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
                   for key, value in obs.items()}
         fields = {} if seed is None else {"seed": int(seed)}
+        info = self.info()
         _, out = self.request("predict", arrays, **fields)
+        try:
+            check_prediction(out, arrays, info)
+        except ProtocolError as exc:
+            raise ProtocolError(f"policy server at {self.address}: {exc}") from None
         return {"action": out["action"], "action_pred": out["action_pred"]}
 
     def close(self) -> None:

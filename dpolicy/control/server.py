@@ -6,11 +6,27 @@ a JSON header plus raw little-endian array frames, never pickle). Requests that 
 together and share their observation layout are stacked into one batched policy call.
 
 Safety: the server binds to loopback (``tcp://127.0.0.1:5555``) unless told otherwise and refuses
-any other address without a shared token; requests larger than ``max_request_bytes`` get an
-error reply (and a single frame over twice that limit makes ZeroMQ drop the connection before
-it is buffered); malformed, unauthenticated or failing requests get an error reply while the
-server keeps serving. The token travels in clear text: across untrusted networks, tunnel the
-port (SSH, VPN).
+any other address without a shared token. Malformed, unauthenticated or failing requests get an
+error reply while the server keeps serving; so do requests over a limit:
+
+- ``max_request_bytes`` (all frames together) and ``max_frames`` (the header plus one frame per
+  observation key of the policy): the server reads a message frame by frame and stops keeping it
+  at the first frame over a limit, discarding the rest unread by Python; a single frame over
+  twice ``max_request_bytes`` makes ZeroMQ drop the connection (``MAXMSGSIZE``);
+- ``max_windows``: observation windows (the batch B) per request, and per policy call;
+- non-finite (NaN, inf) float observations are refused, naming the key; so are non-finite actions.
+
+Fairness: each round the server reads at most ``max_batch`` waiting messages (ZeroMQ queues them
+fairly, client by client), answers ``ping``/``info`` and errors at once, queues ``predict``
+requests (at most :data:`MAX_QUEUED_PER_CLIENT` per client) and then makes ONE policy call of at
+most ``max_windows`` windows. A ping therefore waits for at most the policy call in progress.
+
+Memory: ZeroMQ holds at most ``RCVHWM`` (:data:`RECEIVE_HWM`) unread messages per connection
+and stops reading that connection past it. It hands a multipart message over only once all of
+its frames have arrived, and bounds single frames only: one message of many frames, each under
+``MAXMSGSIZE``, is held whole in ZeroMQ's memory before the server can count its frames. No
+socket option bounds that, so, on a network you do not trust, put the port behind a tunnel
+(SSH, VPN), which also protects the token: it travels in clear text.
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,12 +46,15 @@ import numpy as np
 
 from dpolicy.control.client import (
     DEFAULT_ADDRESS,
+    MAX_ARRAYS,
+    MAX_HEADER_BYTES,
     PROTOCOL_VERSION,
     TOKEN_ENV,
     ProtocolError,
     decode_arrays,
     decode_header,
     encode_message,
+    observation_layout,
 )
 from dpolicy.control.realtime import as_numpy
 
@@ -42,8 +62,17 @@ LOG = logging.getLogger("dpolicy.serve")
 
 #: Default limit on the bytes of one request (all frames): room for a batch of 32 image windows.
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
-#: Most requests stacked into one policy call.
+#: Most requests stacked into one policy call, and most messages read per round.
 DEFAULT_MAX_BATCH = 32
+#: Default limit on the observation windows of one request and of one policy call: the largest
+#: request takes one policy call, which bounds how long any other client's ping waits.
+DEFAULT_MAX_WINDOWS = 64
+#: Most ``predict`` requests one client may have waiting in the server; more get an error reply.
+MAX_QUEUED_PER_CLIENT = 4
+#: ZeroMQ's receive high-water mark, in messages per connection: past it ZeroMQ stops reading
+#: that connection (the client's sends wait), so each client has at most this many unread
+#: messages, plus the one being received, in the server's memory.
+RECEIVE_HWM = 1
 OPS = ("ping", "info", "predict")
 
 
@@ -74,6 +103,21 @@ def check_exposure(address: str, token: str | None) -> None:
                          "bind to tcp://127.0.0.1:PORT")
 
 
+class _Request:
+    """A decoded ``predict`` request waiting for its policy call."""
+
+    __slots__ = ("envelope", "header", "arrays", "unbatched", "windows", "signature", "tag")
+
+    def __init__(self, header: dict, arrays: dict, unbatched: bool, windows: int, signature: tuple | None):
+        self.envelope: list[bytes] = []
+        self.header = header
+        self.arrays = arrays
+        self.unbatched = unbatched  # a batch dimension was added for stacking: drop it from the reply
+        self.windows = windows
+        self.signature = signature  # requests with equal signatures stack; None: called alone
+        self.tag = 0
+
+
 class PolicyServer:
     """Serve ``policy.predict_action`` over ZeroMQ.
 
@@ -83,13 +127,15 @@ class PolicyServer:
             port; :attr:`address` then tells which).
         token: shared secret every request must carry; required for non-loopback addresses.
         max_request_bytes: largest request accepted (all frames together).
-        max_batch: most waiting requests stacked into one policy call.
+        max_batch: most waiting requests stacked into one policy call (and messages read per round).
+        max_windows: most observation windows (B) in one request, and in one policy call.
         info: extra entries for the ``info`` reply (checkpoint path, ...).
+        context: the ZeroMQ context to use (``inproc://`` clients must share it); default: its own.
     """
 
     def __init__(self, policy, address: str = DEFAULT_ADDRESS, token: str | None = None,
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, max_batch: int = DEFAULT_MAX_BATCH,
-                 info: Mapping | None = None):
+                 info: Mapping | None = None, max_windows: int = DEFAULT_MAX_WINDOWS, context=None):
         import zmq
 
         if not hasattr(policy, "predict_action"):
@@ -103,28 +149,41 @@ class PolicyServer:
             raise ValueError(f"max_request_bytes must be >= 1024, got {max_request_bytes}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1, got {max_windows}")
         self.policy = policy
         self.token = token
         self.max_request_bytes = int(max_request_bytes)
         self.max_batch = int(max_batch)
+        self.max_windows = int(max_windows)
+        self._ndims = self._feature_ndims()
+        #: Most frames in one message after the routing envelope: the header plus one per observation key.
+        self.max_frames = (len(self._ndims) if self._ndims else MAX_ARRAYS) + 1
         self._extra_info = dict(info or {})
         self._takes_generator = "generator" in inspect.signature(policy.predict_action).parameters
         self._zmq = zmq
-        self._context = zmq.Context()
+        self._own_context = context is None
+        self._context = zmq.Context() if context is None else context
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        # Hard cap per frame: a frame over twice the limit drops the connection before it is buffered.
+        # Per frame: a frame over twice the limit drops the connection before it is buffered (one up to
+        # twice the limit still gets the "exceeds" error reply, which tells the client the limit).
         self._socket.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_request_bytes)
+        # Per connection: ZeroMQ stops reading a client that has this many messages unread.
+        self._socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         try:
             self._socket.bind(address)
         except zmq.ZMQError as exc:
             self._socket.close()
-            self._context.term()
+            if self._own_context:
+                self._context.term()
             raise OSError(f"cannot bind the policy server to {address!r}: {exc}") from None
         self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._queue: deque[_Request] = deque()  # predict requests waiting, oldest first
+        self._queued: dict[bytes, int] = {}  # waiting requests per client (routing id)
         #: Counters: requests answered, of which errors, and policy calls made.
         self.n_requests = 0
         self.n_errors = 0
@@ -132,20 +191,28 @@ class PolicyServer:
 
     # ------------------------------------------------------------------ lifecycle
     def serve_forever(self, poll_interval_s: float = 0.1) -> None:
-        """Answer requests until :meth:`stop` (checked every ``poll_interval_s``)."""
+        """Answer requests until :meth:`stop` (checked every ``poll_interval_s``).
+
+        Each round reads at most ``max_batch`` waiting messages, answers all but ``predict`` at
+        once, then makes one policy call (at most ``max_windows`` windows) for the oldest waiting
+        requests, so that no client waits behind more than the call in progress for a ping.
+        """
         zmq = self._zmq
         poll_ms = max(1, int(poll_interval_s * 1000))
         while not self._stop.is_set():
-            if not self._socket.poll(poll_ms, zmq.POLLIN):
+            if not self._queue and not self._socket.poll(poll_ms, zmq.POLLIN):
                 continue
-            messages = []
-            while len(messages) < self.max_batch:
-                try:
-                    messages.append(self._socket.recv_multipart(zmq.NOBLOCK, copy=True))
-                except zmq.Again:
+            for _ in range(self.max_batch):
+                message = self._receive()
+                if message is None:
                     break
-            for envelope, reply in self.handle(messages):
-                self._socket.send_multipart(envelope + reply)
+                envelope, body, problem = message
+                result = self._take(envelope, body, problem, self._queue, self._queued)
+                if result is not None:
+                    self._socket.send_multipart(envelope + result)
+            if self._queue:
+                for request, reply in self._serve_batch(self._queue, self._queued):
+                    self._socket.send_multipart(request.envelope + reply)
 
     def start(self) -> PolicyServer:
         """Serve in a background thread; returns self."""
@@ -167,7 +234,8 @@ class PolicyServer:
             self._thread = None
         if not self._closed:
             self._socket.close(linger=0)
-            self._context.term()
+            if self._own_context:
+                self._context.term()
             self._closed = True
 
     def __enter__(self) -> PolicyServer:
@@ -184,6 +252,7 @@ class PolicyServer:
         policy = self.policy
         out = {"policy": type(policy).__name__, "package_version": dpolicy.__version__,
                "n_obs_steps": int(policy.n_obs_steps), "max_request_bytes": self.max_request_bytes,
+               "max_frames": self.max_frames, "max_windows": self.max_windows, "max_batch": self.max_batch,
                "auth": self.token is not None}
         for name in ("n_action_steps", "horizon", "action_dim"):
             if hasattr(policy, name):
@@ -197,41 +266,100 @@ class PolicyServer:
         return out
 
     def handle(self, messages: list[list[bytes]]) -> list[tuple[list[bytes], list[bytes]]]:
-        """Answer received ROUTER messages: ``[(envelope, reply frames), ...]`` in the same order."""
+        """Answer received ROUTER messages: ``[(envelope, reply frames), ...]`` in the same order.
+
+        The same checks and limits as :meth:`serve_forever`; the ``predict`` requests are answered
+        in as many policy calls (each of at most ``max_windows`` windows) as they need.
+        """
         answers: list[tuple[list[bytes], list[bytes]] | None] = [None] * len(messages)
-        predicts = []  # (index, header, observation arrays)
-        envelopes = []
+        queue: deque[_Request] = deque()
+        queued: dict[bytes, int] = {}
         for index, frames in enumerate(messages):
-            envelope, body = _split_envelope(frames)
-            envelopes.append(envelope)
-            request_id = None
-            try:
-                if not body:
-                    raise ProtocolError("empty message")
-                header = decode_header(body[0])
-                request_id = header.get("id")  # known from here on, so that the error reaches the client
-                size = sum(len(f) for f in body)
-                if size > self.max_request_bytes:
-                    raise ProtocolError(f"request of {size} bytes exceeds the server's limit of "
-                                        f"{self.max_request_bytes} bytes")
-                self._check_header(header)
-                arrays = decode_arrays(header, body[1:])
-                if header["op"] == "predict":
-                    predicts.append((index, header, arrays))
-                    continue
-                result = {"info": self.info()} if header["op"] == "info" else {}
-                reply = {"v": PROTOCOL_VERSION, "id": request_id, "ok": True, **result}
-                answers[index] = (envelope, encode_message(reply))
-            except ProtocolError as exc:
-                answers[index] = (envelope, self._error(request_id, str(exc)))
-            except Exception as exc:  # never let one request stop the server
-                LOG.exception("internal error on request %s", request_id)
-                message = f"internal error: {type(exc).__name__}: {exc}"
-                answers[index] = (envelope, self._error(request_id, message))
-        for index, reply in self._predict(predicts):
-            answers[index] = (envelopes[index], reply)
-        self.n_requests += len(messages)
+            envelope, body = _split_envelope(list(frames))
+            reply = self._take(envelope, body, None, queue, queued, tag=index)
+            if reply is not None:
+                answers[index] = (envelope, reply)
+        while queue:
+            for request, reply in self._serve_batch(queue, queued):
+                answers[request.tag] = (request.envelope, reply)
         return answers
+
+    def _receive(self) -> tuple[list[bytes], list, str | None] | None:
+        """The next waiting message, read frame by frame: ``(envelope, body, problem)``; None if none.
+
+        Frames past ``max_frames`` or ``max_request_bytes`` are read and dropped at once (only the
+        header is kept, for the request id of the error reply); ``problem`` then says which limit.
+        """
+        zmq = self._zmq
+        try:
+            frame = self._socket.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        envelope, body = [frame.bytes], []
+        n_frames = size = 0
+        over = False
+        more = frame.more
+        while more:
+            frame = self._socket.recv(copy=False)  # ZeroMQ delivers whole messages: the rest is here
+            more = frame.more
+            if len(envelope) == 1 and n_frames == 0 and len(frame) == 0:
+                envelope.append(b"")  # a REQ peer's empty delimiter
+                continue
+            n_frames += 1
+            size += len(frame)
+            if not over:
+                over = n_frames > self.max_frames or size > self.max_request_bytes
+                if over:  # keep the header alone, for the request id, unless it is too long to be one
+                    del body[1 if body and len(body[0]) <= MAX_HEADER_BYTES else 0:]
+                else:
+                    body.append(frame.buffer)
+            del frame  # an over-limit frame is freed here, not kept to the end of the message
+        problem = self._limit_problem(n_frames, size) if over else None
+        return envelope, body, problem
+
+    def _limit_problem(self, n_frames: int, size: int) -> str | None:
+        if n_frames > self.max_frames:
+            return (f"message of {n_frames} frames exceeds the server's limit of {self.max_frames} "
+                    "(the header plus one frame per observation key)")
+        if size > self.max_request_bytes:
+            return f"request of {size} bytes exceeds the server's limit of {self.max_request_bytes} bytes"
+        return None
+
+    def _take(self, envelope: list[bytes], body: list, problem: str | None, queue: deque[_Request],
+              queued: dict[bytes, int], tag: int = 0) -> list[bytes] | None:
+        """Check one message: its reply frames, or None when it was queued for a policy call."""
+        self.n_requests += 1
+        request_id = None
+        try:
+            if problem is not None:  # over a limit while received: body holds the header at most
+                request_id = _peek_id(body)
+                raise ProtocolError(problem)
+            if not body:
+                raise ProtocolError("empty message")
+            header = decode_header(body[0])
+            request_id = header.get("id")  # known from here on, so that the error reaches the client
+            problem = self._limit_problem(len(body), sum(len(f) for f in body))
+            if problem is not None:
+                raise ProtocolError(problem)
+            self._check_header(header)
+            arrays = decode_arrays(header, body[1:])
+            if header["op"] != "predict":
+                result = {"info": self.info()} if header["op"] == "info" else {}
+                return encode_message({"v": PROTOCOL_VERSION, "id": request_id, "ok": True, **result})
+            request = self._prepare(header, arrays)
+            peer = envelope[0] if envelope else b""
+            if queued.get(peer, 0) >= MAX_QUEUED_PER_CLIENT:
+                raise ProtocolError(f"server busy: this client already has {MAX_QUEUED_PER_CLIENT} requests "
+                                    "waiting; wait for their replies")
+            request.envelope, request.tag = envelope, tag
+            queue.append(request)
+            queued[peer] = queued.get(peer, 0) + 1
+            return None
+        except ProtocolError as exc:
+            return self._error(request_id, str(exc))
+        except Exception as exc:  # never let one request stop the server
+            LOG.exception("internal error on request %s", request_id)
+            return self._error(request_id, f"internal error: {type(exc).__name__}: {exc}")
 
     def _check_header(self, header: dict) -> None:
         if header.get("v") != PROTOCOL_VERSION:
@@ -239,16 +367,35 @@ class PolicyServer:
                                 f"{PROTOCOL_VERSION}")
         if self.token is not None:
             token = header.get("token")
-            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.token.encode()):
+            if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8", "surrogatepass"),
+                                                                     self.token.encode()):
                 raise ProtocolError("unauthorized: missing or wrong token")
         if header.get("op") not in OPS:
             raise ProtocolError(f"unknown op {header.get('op')!r}; expected one of {', '.join(OPS)}")
         seed = header.get("seed")
         if seed is not None:
-            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-                raise ProtocolError(f"seed must be a non-negative integer, got {seed!r}")
+            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+                raise ProtocolError(f"seed must be an integer in [0, 2**63), got {seed!r}")
             if not self._takes_generator:
                 raise ProtocolError(f"{type(self.policy).__name__} does not take a seed")
+
+    def _prepare(self, header: dict, arrays: dict[str, np.ndarray]) -> _Request:
+        """Refuse non-finite observations and too many windows; work out what the request stacks with."""
+        for name, array in arrays.items():
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                n_nan = int(np.count_nonzero(np.isnan(array)))
+                raise ProtocolError(f"observation {name!r} is not finite: {n_nan} NaN and "
+                                    f"{int(np.count_nonzero(np.isinf(array)))} inf of {array.size} values")
+        layout, windows = observation_layout(arrays, self._ndims)
+        if windows > self.max_windows:
+            raise ProtocolError(f"request of {windows} observation windows exceeds the server's limit of "
+                                f"{self.max_windows} per request; split it into smaller requests")
+        if layout == "unknown" or header.get("seed") is not None:
+            return _Request(header, arrays, False, windows, None)
+        unbatched = layout == "unbatched"
+        batched = {k: v[None] if unbatched else v for k, v in arrays.items()}
+        signature = tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in batched.items()))
+        return _Request(header, batched, unbatched, windows, signature)
 
     def _error(self, request_id, message: str) -> list[bytes]:
         self.n_errors += 1
@@ -258,27 +405,34 @@ class PolicyServer:
     # ------------------------------------------------------------------ prediction
     def _feature_ndims(self) -> dict[str, int] | None:
         meta = getattr(self.policy, "shape_meta", None)
-        if not isinstance(meta, Mapping) or "obs" not in meta:
+        if not isinstance(meta, Mapping) or not isinstance(meta.get("obs"), Mapping):
             return None
         return {key: len(item["shape"]) for key, item in meta["obs"].items()}
 
-    def _predict(self, requests: list[tuple[int, dict, dict]]) -> list[tuple[int, list[bytes]]]:
-        """Stack compatible requests (same keys, feature shapes, dtypes, no seed) into one call each."""
-        ndims = self._feature_ndims()
-        groups: dict[tuple, list[tuple[int, dict, dict, bool]]] = {}
-        singles = []
-        for index, header, arrays in requests:
-            unbatched = _is_unbatched(arrays, ndims)
-            if unbatched is None or header.get("seed") is not None:
-                singles.append((index, header, arrays))
-                continue
-            batched = {k: v[None] if unbatched else v for k, v in arrays.items()}
-            signature = tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in batched.items()))
-            groups.setdefault(signature, []).append((index, header, batched, unbatched))
-        replies = [(index, self._predict_one(header, arrays)) for index, header, arrays in singles]
-        for members in groups.values():
-            replies.extend(self._predict_group(members))
-        return replies
+    def _serve_batch(self, queue: deque[_Request], queued: dict[bytes, int]) -> list[tuple[_Request, list[bytes]]]:
+        """One policy call for the oldest waiting request and the compatible ones behind it that fit
+        (at most ``max_batch`` requests and ``max_windows`` windows); they leave ``queue``."""
+        head = queue[0]
+        group, windows = [head], head.windows
+        if head.signature is not None:
+            for request in list(queue)[1:]:
+                if len(group) >= self.max_batch:
+                    break
+                if request.signature == head.signature and windows + request.windows <= self.max_windows:
+                    group.append(request)
+                    windows += request.windows
+        chosen = {id(r) for r in group}
+        remaining = [r for r in queue if id(r) not in chosen]
+        queue.clear()
+        queue.extend(remaining)
+        for request in group:
+            peer = request.envelope[0] if request.envelope else b""
+            queued[peer] -= 1
+            if not queued[peer]:
+                del queued[peer]
+        if len(group) == 1:
+            return [(head, self._predict_one(head))]
+        return self._predict_group(group)
 
     def _call_policy(self, arrays: dict, seed: int | None = None) -> tuple[np.ndarray, np.ndarray, float]:
         start = time.perf_counter()
@@ -295,39 +449,47 @@ class PolicyServer:
 
     def _reply(self, request_id, action: np.ndarray, action_pred: np.ndarray, compute_ms: float,
                batch: int) -> list[bytes]:
+        if not (np.isfinite(action).all() and np.isfinite(action_pred).all()):
+            return self._error(request_id, "predict failed: the policy returned non-finite actions (NaN or inf)")
         return encode_message({"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "compute_ms": compute_ms,
                                "batched_with": batch}, {"action": action, "action_pred": action_pred})
 
-    def _predict_one(self, header: dict, arrays: dict, unbatched: bool = False) -> list[bytes]:
-        """One policy call for one request; ``unbatched`` drops the batch dimension added for stacking."""
+    def _predict_one(self, request: _Request) -> list[bytes]:
+        """One policy call for one request."""
+        header = request.header
         try:
-            action, action_pred, ms = self._call_policy(arrays, header.get("seed"))
+            action, action_pred, ms = self._call_policy(request.arrays, header.get("seed"))
         except Exception as exc:  # a bad observation must not stop the server
             return self._error(header.get("id"), f"predict failed: {type(exc).__name__}: {exc}")
-        if unbatched:
+        if request.unbatched:
             action, action_pred = action[0], action_pred[0]
         return self._reply(header.get("id"), action, action_pred, ms, 1)
 
-    def _predict_group(self, members: list[tuple[int, dict, dict, bool]]) -> list[tuple[int, list[bytes]]]:
-        if len(members) > 1:
-            sizes = [next(iter(arrays.values())).shape[0] for _, _, arrays, _ in members]
-            stacked = {key: np.concatenate([arrays[key] for _, _, arrays, _ in members])
-                       for key in members[0][2]}
-            try:
-                action, action_pred, ms = self._call_policy(stacked)
-            except Exception:  # answer each request on its own below, so that each gets its own error
-                pass
-            else:
-                replies, start = [], 0
-                for (index, header, _, unbatched), size in zip(members, sizes, strict=True):
-                    part, part_pred = action[start:start + size], action_pred[start:start + size]
-                    if unbatched:
-                        part, part_pred = part[0], part_pred[0]
-                    replies.append((index, self._reply(header.get("id"), part, part_pred, ms, len(members))))
-                    start += size
-                return replies
-        return [(index, self._predict_one(header, arrays, unbatched))
-                for index, header, arrays, unbatched in members]
+    def _predict_group(self, group: list[_Request]) -> list[tuple[_Request, list[bytes]]]:
+        sizes = [next(iter(r.arrays.values())).shape[0] for r in group]
+        stacked = {key: np.concatenate([r.arrays[key] for r in group]) for key in group[0].arrays}
+        try:
+            action, action_pred, ms = self._call_policy(stacked)
+            if action.shape[:1] != (sum(sizes),) or action_pred.shape[:1] != (sum(sizes),):
+                raise ValueError(f"the policy returned {action.shape[:1]} chunks for {sum(sizes)} windows")
+        except Exception:  # answer each request on its own, so that each gets its own error
+            return [(r, self._predict_one(r)) for r in group]
+        replies, start = [], 0
+        for request, size in zip(group, sizes, strict=True):
+            part, part_pred = action[start:start + size], action_pred[start:start + size]
+            if request.unbatched:
+                part, part_pred = part[0], part_pred[0]
+            replies.append((request, self._reply(request.header.get("id"), part, part_pred, ms, len(group))))
+            start += size
+        return replies
+
+
+def _peek_id(body: list):
+    """The request id in a message's header, or None when there is no readable header."""
+    try:
+        return decode_header(body[0]).get("id") if body else None
+    except ProtocolError:
+        return None
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -335,18 +497,6 @@ def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     if len(frames) >= 2 and len(frames[1]) == 0:
         return frames[:2], frames[2:]
     return frames[:1], frames[1:]
-
-
-def _is_unbatched(arrays: dict[str, np.ndarray], ndims: dict[str, int] | None) -> bool | None:
-    """True/False when every key is (To, ...) / (B, To, ...) per the spec; None when it cannot be told."""
-    if ndims is None or not arrays or set(arrays) != set(ndims):
-        return None
-    kinds = {arrays[k].ndim - ndims[k] for k in arrays}
-    if kinds == {1}:
-        return True
-    if kinds == {2} and len({arrays[k].shape[0] for k in arrays}) == 1:
-        return False
-    return None
 
 
 def read_token(token_file: Path | None) -> str | None:
