@@ -26,6 +26,7 @@ Metadata (root attributes): ``collector`` (source and settings; a resumed run mu
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections import deque
@@ -170,8 +171,11 @@ class DemoDataset:
 _worker_state: dict = {}
 
 
-def _init_worker(images: bool) -> None:
+def _init_worker(images: bool, parent_pid: int) -> None:
+    from dpolicy.processes import exit_with_parent
     from envs.pusht.env import PushTEnv
+
+    exit_with_parent(parent_pid)
     from envs.pusht.expert import ScriptedExpert
 
     _worker_state["env"] = PushTEnv(obs_type="state")
@@ -196,7 +200,7 @@ def map_expert_episodes(seeds: Iterator[int], base_seed: int, images: bool,
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(images,)) as pool:
+                             initargs=(images, os.getpid())) as pool:
         pending: deque = deque()
         try:
             while True:

@@ -10,6 +10,8 @@ paths: ``${dataset:human}`` (the original human Push-T demonstrations, see dpoli
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from dpolicy.errors import ConfigError
@@ -54,3 +56,72 @@ def compose_config(config_name: str = DEFAULT_CONFIG, overrides: list[str] | tup
     with initialize_config_dir(config_dir=str(CONFIG_DIR.resolve()), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=list(overrides))
     return cfg
+
+
+# ------------------------------------------------------------------------------------ validation
+#: Numeric options of an experiment: (key, kind, lowest, highest, may be null). Checked before a run
+#: writes anything, so a typo costs one line of error instead of a half-made run directory.
+NUMERIC_OPTIONS: tuple[tuple[str, type, float | None, float | None, bool], ...] = (
+    ("seed", int, 0, None, False),
+    ("horizon", int, 1, None, False),
+    ("n_obs_steps", int, 1, None, False),
+    ("n_action_steps", int, 1, None, False),
+    ("task.max_steps", int, 1, None, True),
+    ("training.batch_size", int, 1, None, False),
+    ("training.lr", float, 0, None, False),
+    ("training.weight_decay", float, 0, None, False),
+    ("training.warmup_steps", int, 0, None, False),
+    ("training.min_lr_ratio", float, 0, 1, False),
+    ("training.max_steps", int, 1, None, False),
+    ("training.max_minutes", float, 0, None, True),
+    ("training.grad_clip", float, 0, None, True),
+    ("training.ema.power", float, 0, None, False),
+    ("training.ema.max_value", float, 0, 1, False),
+    ("training.log_every", int, 1, None, False),
+    ("training.val_every", int, 0, None, False),
+    ("training.val_batches", int, 1, None, False),
+    ("training.eval_every", int, 0, None, False),
+    ("training.eval.n_envs", int, 1, None, True),
+    ("training.eval.n_videos", int, 0, None, False),
+    ("training.checkpoint_every", int, 1, None, False),
+    ("training.top_k", int, 0, None, False),
+    ("training.num_threads", int, 1, None, True),
+)
+#: Options that must be strictly above their lowest value (a zero learning rate trains nothing).
+STRICTLY_POSITIVE = {"training.lr", "training.max_minutes", "training.grad_clip", "training.ema.power",
+                     "training.ema.max_value"}
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Range-check the numeric options of an experiment; :class:`ConfigError` names the key."""
+    for key, kind, low, high, nullable in NUMERIC_OPTIONS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            if nullable or OmegaConf.select(cfg, key, default="absent") == "absent":
+                continue
+            raise ConfigError(f"config key {key} is null; expected a number")
+        not_integer = kind is int and isinstance(value, float) and not value.is_integer()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not_integer:
+            raise ConfigError(f"config key {key}={value!r}: expected {'an integer' if kind is int else 'a number'}")
+        strict = key in STRICTLY_POSITIVE
+        too_low = low is not None and (value <= low if strict else value < low)
+        too_high = high is not None and value > high
+        if too_low or too_high:
+            bounds = f"{'>' if strict else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+            raise ConfigError(f"config key {key}={value}: expected a value {bounds}")
+    horizon, n_obs, n_act = int(cfg.horizon), int(cfg.n_obs_steps), int(cfg.n_action_steps)
+    if not (n_obs <= horizon and n_act <= horizon - n_obs + 1):
+        raise ConfigError(f"horizon={horizon}, n_obs_steps={n_obs}, n_action_steps={n_act}: expected "
+                          "n_obs_steps <= horizon and n_action_steps <= horizon - n_obs_steps + 1")
+
+
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` if needed and prove a file can be written there (``ConfigError`` if not)."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {directory} ({exc.strerror or exc}); choose another run_dir") from None

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from dpolicy.collect import collect_expert, collect_teleop
+from dpolicy.commands import at_least, positive_float
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,14 +24,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="zarr dataset to create or resume "
                              "(default: pusht_expert.zarr / pusht_teleop.zarr in the current directory)")
-    parser.add_argument("--episodes", type=int, default=200,
+    parser.add_argument("--episodes", type=at_least(1), default=200,
                         help="expert: collect until the dataset holds this many episodes (default 200)")
-    parser.add_argument("--workers", type=int, default=1, help="expert: worker processes (default 1)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--workers", type=at_least(1), default=1, help="expert: worker processes (default 1)")
+    parser.add_argument("--seed", type=at_least(0), default=0,
                         help="first environment reset seed (default 0); the evaluation seeds 100000..100499 "
                              "are always skipped. Also seeds the expert.")
     parser.add_argument("--images", action="store_true", help="also record data/img (96 x 96 frames)")
-    parser.add_argument("--scale", type=float, default=1.0, help="teleop: window scale (1.0 = 512 px)")
+    parser.add_argument("--scale", type=positive_float, default=1.0, help="teleop: window scale (1.0 = 512 px)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

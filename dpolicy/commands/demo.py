@@ -13,18 +13,19 @@ import json
 import time
 from pathlib import Path
 
+from dpolicy.commands import at_least
 from dpolicy.paths import EMBEDDED_PUSHT
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    parser.add_argument("--steps", type=int, default=15000,
+    parser.add_argument("--steps", type=at_least(1), default=15000,
                         help="training steps at batch 64 (default 15000: under 15 minutes on 2 CPU cores, about 2 of "
                              "them compiling on a fresh machine; much longer beside other jobs)")
     parser.add_argument("--dataset", default=str(EMBEDDED_PUSHT),
                         help="zarr dataset to train on (default: the embedded expert dataset)")
     parser.add_argument("--protocol", default="paper", help="evaluation protocol: paper (50 seeds) or large (500)")
-    parser.add_argument("--videos", type=int, default=4, help="number of rollout videos to write (default 4)")
+    parser.add_argument("--videos", type=at_least(0), default=4, help="number of rollout videos to write (default 4)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("overrides", nargs="*", help="extra hydra overrides key=value for the training config")
 

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from dpolicy.commands import at_least
 from dpolicy.evaluation.protocols import PROTOCOLS
 from dpolicy.evaluation.report import VIDEO_FORMATS
 from dpolicy.evaluation.vector import VECTOR_KINDS
@@ -24,31 +25,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: <run>/eval/<checkpoint name>_<protocol> next to the "
                              "checkpoints folder)")
-    parser.add_argument("--n-envs", type=int, default=None,
+    parser.add_argument("--n-envs", type=at_least(1), default=None,
                         help="environments run at once (default: all episodes, at most 50)")
     parser.add_argument("--vector", choices=VECTOR_KINDS, default="async",
                         help="async: environments in worker processes (default); sync: in this process")
-    parser.add_argument("--max-steps", type=int, default=None,
+    parser.add_argument("--max-steps", type=at_least(1), default=None,
                         help="episode limit (default: the task's)")
-    parser.add_argument("--videos", type=int, default=4, help="videos of the first K episodes (default 4)")
+    parser.add_argument("--videos", type=at_least(0), default=4, help="videos of the first K episodes (default 4)")
     parser.add_argument("--video-format", choices=VIDEO_FORMATS, default="mp4")
-    parser.add_argument("--replan-threshold", type=int, default=0,
+    parser.add_argument("--replan-threshold", type=at_least(0), default=0,
                         help="plan a new chunk when this many actions are still queued "
                              "(default 0: at the end of each chunk)")
-    parser.add_argument("--action-steps", type=int, default=None,
+    parser.add_argument("--action-steps", type=at_least(1), default=None,
                         help="actions executed from each plan before the next one (default: the checkpoint's "
                              "n_action_steps; at most horizon - n_obs_steps + 1)")
     parser.add_argument("--sampler", default=None,
                         help="diffusion sampling scheduler, e.g. ddim or ddpm (default: the checkpoint's)")
-    parser.add_argument("--inference-steps", type=int, default=None,
+    parser.add_argument("--inference-steps", type=at_least(1), default=None,
                         help="denoising steps per chunk (default: the checkpoint's)")
     parser.add_argument("--device", default=None, help="torch device for the policy (default: auto)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=at_least(1), default=None,
                         help="torch CPU threads (default: torch's; 1 is much faster on a busy machine)")
     parser.add_argument("--no-ema", action="store_true",
                         help="use the plain weights instead of the EMA weights")
     parser.add_argument("--env-id", default=None, help="override the checkpoint's task.env_id")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the policy's sampling noise (default 0)")
+    parser.add_argument("--seed", type=at_least(0), default=0, help="seed of the policy's sampling noise (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from dpolicy.commands import at_least
 from dpolicy.export import (
     METADATA_NAME,
     PARITY_TOLERANCE,
@@ -24,14 +25,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write the export into")
     parser.add_argument("--scheduler", default=None,
                         help="sampler baked into the export: ddim or ddpm (default: the checkpoint's)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
+    parser.add_argument("--steps", type=at_least(1), default=None, help="denoising steps (default: the checkpoint's)")
     parser.add_argument("--no-ema", action="store_true",
                         help="export the plain weights instead of the EMA weights")
     parser.add_argument("--device", default="cpu",
                         help="device to export on and for (image encoders fix it in the trace; default cpu)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=at_least(1), default=None,
                         help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--latency-repeats", type=int, default=20,
+    parser.add_argument("--latency-repeats", type=at_least(0), default=20,
                         help="chunks timed for the latency figures (0: skip timing)")
 
 

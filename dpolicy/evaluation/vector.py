@@ -147,7 +147,10 @@ def _make_worker_env(owner_pid: int, env_id: str, env_kwargs: dict, max_steps: i
     owner keeps its Ctrl-C.
     """
     if os.getpid() != owner_pid:
+        from dpolicy.processes import exit_with_parent
+
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        exit_with_parent(owner_pid)  # a killed evaluation leaves no environment workers behind
     return make_env(env_id, env_kwargs, max_steps, index)
 
 

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from dpolicy.config import check_writable, validate_config
 from dpolicy.data.datasets import build_dataset
 from dpolicy.training.checkpoint import LATEST, build_policy, read_checkpoint, save_checkpoint
 from dpolicy.training.devices import resolve_device
@@ -80,11 +81,17 @@ class Trainer:
     """Train ``cfg.policy`` on ``cfg.task.dataset``; see the module docstring."""
 
     def __init__(self, cfg: DictConfig):
+        validate_config(cfg)  # before anything is read or written
         self.cfg = cfg
         self.tcfg = cfg.training
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        if not cfg.resume and (self.ckpt_dir / LATEST).exists():
+            raise FileExistsError(f"{self.run_dir} already holds a run ({self.ckpt_dir / LATEST}): continue it "
+                                  f"with resume=true or choose another run_dir")
         self.ctx = _DistributedContext(str(cfg.device))
+        if self.ctx.is_main:
+            check_writable(self.ckpt_dir)
         if self.tcfg.get("num_threads"):
             torch.set_num_threads(int(self.tcfg.num_threads))
 
@@ -123,9 +130,6 @@ class Trainer:
         self.batch_in_epoch = 0
         self.elapsed_s = 0.0  # training wall-clock accumulated over resumed segments
         self.top_k: list[dict[str, Any]] = []  # [{"score", "step", "path"}], best first
-        if not cfg.resume and (self.ckpt_dir / LATEST).exists():
-            raise FileExistsError(f"{self.run_dir} already holds a run ({self.ckpt_dir / LATEST}): continue it "
-                                  f"with resume=true or choose another run_dir")
         self.logger = RunLogger(self.run_dir, enabled=self.ctx.is_main, fresh=not cfg.resume,
                                 tensorboard=bool(self.tcfg.tensorboard),
                                 wandb=bool(self.tcfg.wandb), config=OmegaConf.to_container(cfg, resolve=True))
