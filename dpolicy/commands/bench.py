@@ -18,6 +18,7 @@ TARGETS = {
     "realtime": "real-time Push-T at 10 Hz: deadline misses, chunk latency, score vs synchronous",
     "serve": "policy server over loopback: round-trip latency and requests/s",
     "expert": "scripted expert: success rate, episode length, time per episode, route diversity",
+    "checkpoint": "checkpoint size and load time, safetensors + JSON vs the earlier pickle format",
 }
 
 

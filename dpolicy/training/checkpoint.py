@@ -167,7 +167,7 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class Checkpoint:
     """A checkpoint read from disk: ``meta`` (the JSON document) and its tensor groups."""
 
-    def __init__(self, path: Path, meta: dict, tensors: dict[str, dict[str, torch.Tensor]]):
+    def __init__(self, path: Path, meta: dict, tensors: Mapping[str, dict[str, torch.Tensor]]):
         self.path, self.meta, self.tensors = path, meta, tensors
 
     @property
@@ -194,7 +194,7 @@ class Checkpoint:
         restore_rng(self.tensors["rng"], self.meta["rng"])
 
 
-def _read_header(path: Path, blob: bytes) -> dict:
+def _read_header(path: Path, blob: bytes, size: int) -> dict:
     looks_like_safetensors = len(blob) >= 9 and blob[8:9] == b"{"  # 8-byte header length, then JSON
     if not looks_like_safetensors and (blob[:2] == b"PK" or blob[:1] == b"\x80"):  # torch zip or raw pickle
         raise CheckpointError(f"{path}: a legacy pickle checkpoint (torch.save); loading it could run code. "
@@ -202,9 +202,9 @@ def _read_header(path: Path, blob: bytes) -> dict:
     if len(blob) < 8:
         raise CheckpointError(f"{path}: truncated ({len(blob)} bytes), expected a safetensors checkpoint")
     (n,) = struct.unpack("<Q", blob[:8])
-    if n > MAX_HEADER_BYTES or 8 + n > len(blob):
+    if n > MAX_HEADER_BYTES or 8 + n > min(len(blob), size):
         raise CheckpointError(f"{path}: corrupt or truncated safetensors header (declares {n} bytes, "
-                              f"file has {len(blob)})")
+                              f"file has {size})")
     try:
         header = json.loads(blob[8:8 + n])
         document = json.loads(header["__metadata__"][META_KEY])
@@ -250,29 +250,65 @@ def _is_shape(value) -> bool:
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Read and check a checkpoint file; :class:`CheckpointError` names what is wrong and where."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+    """Read and check a checkpoint file; :class:`CheckpointError` names what is wrong and where.
+
+    Only the header is read here; a tensor group is read (memory-mapped, copied once) the first
+    time it is used, so loading a policy never reads the optimizer state.
+    """
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    blob = path.read_bytes()
-    meta = _read_header(path, blob)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        declared = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        blob = head + f.read(min(declared, MAX_HEADER_BYTES) + 1 if len(head) == 8 else 0)
+    meta = _read_header(path, blob, size)
     _check_document(path, meta)
     try:
-        flat = load(blob)
-    except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
+        handle = safe_open(str(path), framework="pt", device="cpu")
+        names = list(handle.keys())
+    except (SafetensorError, ValueError, RuntimeError, OverflowError, OSError) as exc:
         raise CheckpointError(f"{path}: corrupt tensor data ({str(exc).splitlines()[0]})") from None
-    tensors: dict[str, dict[str, torch.Tensor]] = {group: {} for group in GROUPS}
-    for key, value in flat.items():
+    layout: dict[str, list[str]] = {group: [] for group in GROUPS}
+    for key in names:
         group, _, name = key.partition(".")
-        if group not in tensors or not name:
+        if group not in layout or not name:
             raise CheckpointError(f"{path}: unexpected tensor {key!r} (groups: {', '.join(GROUPS)})")
-        tensors[group][name] = value.to(device)
-    if not tensors["model"]:
+        layout[group].append(name)
+    if not layout["model"]:
         raise CheckpointError(f"{path}: holds no model weights")
-    return Checkpoint(path, meta, tensors)
+    return Checkpoint(path, meta, _TensorGroups(path, handle, layout, device))
+
+
+class _TensorGroups(Mapping):
+    """``group -> {name: tensor}``, each group read from the file on first access."""
+
+    def __init__(self, path: Path, handle, layout: dict[str, list[str]], device):
+        self._path, self._handle, self._layout, self._device = path, handle, layout, device
+        self._loaded: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __getitem__(self, group: str) -> dict[str, torch.Tensor]:
+        if group not in self._layout:
+            raise KeyError(group)
+        if group not in self._loaded:
+            from safetensors import SafetensorError
+
+            try:
+                self._loaded[group] = {name: self._handle.get_tensor(f"{group}.{name}").to(self._device)
+                                       for name in self._layout[group]}
+            except (SafetensorError, ValueError, RuntimeError, OverflowError, OSError) as exc:
+                raise CheckpointError(f"{self._path}: corrupt tensor data in {group!r} "
+                                      f"({str(exc).splitlines()[0]})") from None
+        return self._loaded[group]
+
+    def __iter__(self):
+        return iter(self._layout)
+
+    def __len__(self) -> int:
+        return len(self._layout)
 
 
 # ------------------------------------------------------------------------------------ policies
