@@ -1,4 +1,5 @@
-"""`dpolicy data info | video | render-images`: inspect, watch and complete zarr demonstration datasets."""
+"""`dpolicy data info | verify | video | render-images`: inspect, check, watch and complete zarr
+demonstration datasets."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dpolicy.data.replay_buffer import DatasetError, ReplayBuffer
+from dpolicy.data.replay_buffer import DatasetError, ReplayBuffer, VerifyReport, verify
 
 #: Low-dim keys with at most this many values per step get per-dimension ranges in `info`.
 PER_DIM_RANGE_MAX = 6
+#: `verify` shows a progress bar (on a terminal) for stores with more chunks than this.
+VERIFY_PROGRESS_MIN_CHUNKS = 50
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +26,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     info.add_argument("--no-ranges", action="store_true",
                       help="skip the value ranges (they read the whole dataset)")
     info.set_defaults(_action=run_info)
+
+    check = sub.add_parser(
+        "verify", help="decode every chunk and check every value of a dataset (exit 1 listing the problems)",
+        description="Check a dataset completely. Opening a dataset (what `info`, `video` and training do) "
+                    "already checks, without decoding, that every chunk file exists, has the size its "
+                    "codec header gives and holds the dtype the data layer expects. `verify` also "
+                    "decodes every chunk of every array, checks that float values are finite and that "
+                    "meta/episode_ends is strictly increasing and ends where the data arrays do. It "
+                    "prints per array the chunks checked, their bytes (stored and decoded) and the "
+                    "problems found; exit status 0 when there are none, 1 otherwise (with the list).")
+    check.add_argument("path", type=Path, help="zarr dataset (directory or .zip)")
+    check.add_argument("--no-progress", action="store_true",
+                       help="no progress bar (it is shown on a terminal for stores of more than "
+                            f"{VERIFY_PROGRESS_MIN_CHUNKS} chunks)")
+    check.set_defaults(_action=run_verify)
 
     video = sub.add_parser("video", help="render one episode to mp4 or gif")
     video.add_argument("path", type=Path, help="zarr dataset (directory or .zip)")
@@ -105,6 +123,52 @@ def run_info(args: argparse.Namespace) -> int:
         text, all_finite = describe(buffer, ranges=not args.no_ranges)
     print(text)
     return 0 if all_finite else 1
+
+
+# ---------------------------------------------------------------------------------- verify
+def format_verify_report(report: VerifyReport) -> str:
+    """The table `dpolicy data verify` prints: one row per array, then the problems (if any)."""
+    lines = [f"dataset: {report.path} (zarr format {report.zarr_format})"]
+    if report.n_episodes is not None:
+        lines.append(f"episodes: {report.n_episodes}, steps: {report.n_steps}")
+    lines += [f"note: {note}" for note in report.notes]
+    width = max([len(name) for name in report.arrays] + [5])
+    lines.append(f"  {'array':<{width}}  {'chunks':>7}  {'stored':>10}  {'decoded':>10}  problems")
+    for name, array in report.arrays.items():
+        lines.append(f"  {name:<{width}}  {array.chunks:>7}  {_bytes(array.stored_bytes):>10}  "
+                     f"{_bytes(array.decoded_bytes):>10}  {array.n_problems}{'+' if array.stopped else ''}")
+    chunks = sum(a.chunks for a in report.arrays.values())
+    decoded = sum(a.decoded_chunks for a in report.arrays.values())
+    stored = sum(a.stored_bytes for a in report.arrays.values())
+    problems = report.all_problems
+    summary = (f"{chunks} chunks checked, {decoded} decoded ({_bytes(stored)} stored, "
+               f"{_bytes(sum(a.decoded_bytes for a in report.arrays.values()))} decoded)")
+    if not problems:
+        lines.append(f"ok: {summary}, no problems")
+    else:
+        lines.append(f"{summary}; {len(problems)} problem{'s' if len(problems) > 1 else ''}:")
+        lines += [f"  - {problem}" for problem in problems]
+    return "\n".join(lines)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    progress = not args.no_progress and sys.stderr.isatty()
+    report = verify(args.path, progress=progress, progress_min_chunks=VERIFY_PROGRESS_MIN_CHUNKS)
+    print(format_verify_report(report))
+    problems = report.all_problems
+    if problems:
+        more = f" (and {len(problems) - 1} more above)" if len(problems) > 1 else ""
+        raise DatasetError(f"{args.path}: verify found {len(problems)} problem{'s' if len(problems) > 1 else ''}; "
+                           f"first: {problems[0]}{more}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------- video
