@@ -19,3 +19,25 @@ def resolve_device(name: str | torch.device = "auto", local_rank: int = 0) -> to
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={name!r} was requested but CUDA is not available on this machine")
     return device
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 matrix products natively (so autocast to bf16 speeds
+    training up): CUDA GPUs that support it, CPUs with AVX-512 BF16 / AMX units. Elsewhere bf16 is
+    emulated and several times slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_bf16(setting, device: torch.device) -> bool:
+    """``training.bf16``: true, false, or "auto" (on where :func:`bf16_is_fast`)."""
+    if setting == "auto":
+        return bf16_is_fast(device)
+    if isinstance(setting, bool):
+        return setting
+    from dpolicy.errors import ConfigError
+
+    raise ConfigError(f"config key training.bf16={setting!r}: expected true, false or auto")

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from dpolicy.config import check_writable, validate_config
 from dpolicy.data.datasets import build_dataset
 from dpolicy.training.checkpoint import LATEST, build_policy, read_checkpoint, save_checkpoint
-from dpolicy.training.devices import resolve_device
+from dpolicy.training.devices import resolve_bf16, resolve_device
 from dpolicy.training.logging import RunLogger
 
 
@@ -108,7 +108,10 @@ class Trainer:
 
             self.ema = EMA(self.policy, power=float(self.tcfg.ema.power), max_value=float(self.tcfg.ema.max_value))
         # bf16 autocast: matrix products in bfloat16, the rest (and the weights) in float32.
-        self.use_bf16 = bool(self.tcfg.get("bf16", False))
+        self.use_bf16 = resolve_bf16(self.tcfg.get("bf16", False), self.ctx.device)
+        if self.tcfg.get("bf16") == "auto" and self.ctx.is_main:
+            tqdm.write(f"training.bf16=auto: bf16 autocast {'on' if self.use_bf16 else 'off'} "
+                       f"({'native' if self.use_bf16 else 'no native'} bf16 on {self.ctx.device.type})")
         # The fused AdamW kernel: one pass over all parameters instead of a loop of small ops per
         # tensor (measured on one busy CPU core: 10 instead of 25 ms per step of the 4.6M-parameter UNet).
         self.optimizer = torch.optim.AdamW(
