@@ -1,11 +1,13 @@
 """Fuzzing the wire format and the server with hypothesis: whatever bytes arrive, the decoders
 either decode them or raise ProtocolError (never another exception, never a large allocation),
-and the server answers every message with a reply that is not an internal error."""
+the server answers every message with a reply that is not an internal error, and no byte stream
+from a peer without the token gets a message through to the server."""
 
 from __future__ import annotations
 
 import json
 import math
+import socket
 import tracemalloc
 
 import numpy as np
@@ -13,10 +15,20 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_server import AffinePolicy
+from test_server import (
+    HELLO_WRONG,
+    TOKEN,
+    AffinePolicy,
+    _message_bytes,
+    _zmtp_command,
+    _zmtp_frame,
+    _zmtp_greeting,
+)
 
 from dpolicy.control.client import (
+    PLAIN_USERNAME,
     WIRE_DTYPES,
+    PolicyClient,
     ProtocolError,
     check_prediction,
     decode_arrays,
@@ -250,3 +262,52 @@ def test_the_serving_loop_answers_every_message_and_keeps_serving(inproc_server,
     sock.send_multipart(encode_message({"v": 1, "op": "ping", "id": -1}))
     assert sock.poll(10_000, zmq.POLLIN)
     assert decode_message(sock.recv_multipart())[0]["ok"] is True
+
+
+# ---------------------------------------------------------------------- unauthenticated peers
+@pytest.fixture(scope="module")
+def token_server():
+    srv = PolicyServer(AffinePolicy(), "tcp://127.0.0.1:*", token=TOKEN, max_request_bytes=LIMIT)
+    with srv.start():
+        yield srv
+
+
+def _hello(username: bytes, password: bytes) -> bytes:
+    return _zmtp_command(b"HELLO", bytes([len(username)]) + username + bytes([len(password)]) + password)
+
+
+handshakes = st.one_of(
+    st.just(b""), st.just(HELLO_WRONG), st.just(_hello(b"", b"")), st.just(_hello(b"admin", TOKEN.encode())),
+    st.just(_hello(PLAIN_USERNAME.encode(), TOKEN.encode()[:-1])),  # one byte short of the token
+    st.just(_zmtp_command(b"READY", b"")), st.just(_zmtp_command(b"INITIATE", b"\0" * 40)),
+    st.binary(max_size=64).map(lambda b: _zmtp_command(b"HELLO", b)),
+    st.builds(_zmtp_frame, st.binary(max_size=64), st.sampled_from([0, 1, 4, 5, 0xFF])))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(mechanism=st.sampled_from([b"PLAIN", b"PLAIN", b"NULL", b"CURVE", b"GSSAPI", b"plain", b"\xff" * 20]),
+       version=st.sampled_from([(3, 0), (3, 1), (2, 0), (4, 0)]), handshake=handshakes,
+       messages=st.lists(any_message, max_size=3), cut=st.one_of(st.none(), st.integers(0, 200)),
+       junk=st.binary(max_size=64))
+def test_no_byte_stream_without_the_token_gets_a_message_through(token_server, mechanism, version, handshake,
+                                                                 messages, cut, junk):
+    greeting = bytearray(_zmtp_greeting(mechanism))
+    greeting[10:12] = bytes(version)
+    payload = bytes(greeting) + handshake + b"".join(_message_bytes(m) for m in messages) + junk
+    if cut is not None:
+        payload = payload[:cut]
+    host, port = token_server.address.removeprefix("tcp://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=0.2) as sock:
+        try:
+            sock.sendall(payload)
+            while sock.recv(65536):  # until the server closes; a stalled handshake: 0.2 s at most here
+                pass
+        except (ConnectionResetError, BrokenPipeError, TimeoutError):
+            pass
+    assert token_server.n_requests == 0 and token_server.n_errors == 0
+
+
+def test_the_token_server_still_serves_after_the_fuzzing(token_server):
+    with PolicyClient(token_server.address, token=TOKEN, timeout_s=10) as client:
+        assert client.ping() > 0
+    assert token_server.n_requests == 1

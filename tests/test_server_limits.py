@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 import zmq
-from test_server import TOKEN, AffinePolicy, expected_chunk
+from test_server import TOKEN, AffinePolicy, authenticate, expected_chunk
 
 from dpolicy.control.client import (
     PolicyClient,
@@ -32,8 +32,9 @@ def server():
 
 
 def _raw_request(address: str, frames: list[bytes], socket_type: int = zmq.DEALER) -> dict:
-    """Send raw frames, return the decoded reply header (fails the test when none comes)."""
-    sock = zmq.Context.instance().socket(socket_type)
+    """Send raw frames from an authenticated socket, return the decoded reply header (fails the test
+    when none comes)."""
+    sock = authenticate(zmq.Context.instance().socket(socket_type))
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(address)
     try:
@@ -45,7 +46,7 @@ def _raw_request(address: str, frames: list[bytes], socket_type: int = zmq.DEALE
 
 
 def _predict_frames(obs: np.ndarray, request_id: int = 1, **fields) -> list[bytes]:
-    return encode_message({"v": 1, "op": "predict", "id": request_id, "token": TOKEN, **fields}, {"obs": obs})
+    return encode_message({"v": 1, "op": "predict", "id": request_id, **fields}, {"obs": obs})
 
 
 def _assert_still_serving(srv: PolicyServer) -> None:
@@ -125,13 +126,15 @@ def test_a_message_with_too_many_frames_is_refused_and_the_server_keeps_serving(
     frames = [*_predict_frames(np.zeros((2, 3), np.float32), request_id=6), *[b"\0" * (LIMIT - 1)] * 8]
     header = _raw_request(server.address, frames, socket_type)
     assert header["ok"] is False and "frames exceeds" in header["error"]
-    assert _raw_request(server.address, encode_message({"v": 1, "op": "ping", "id": 7, "token": TOKEN}),
+    assert _raw_request(server.address, encode_message({"v": 1, "op": "ping", "id": 7}),
                         socket_type)["ok"] is True
     _assert_still_serving(server)
 
 
 def test_a_message_over_the_byte_limit_is_refused_even_without_a_readable_header(server):
-    header = _raw_request(server.address, [b"\xff" * (LIMIT + 10)])  # one frame: not JSON, over the limit
+    # two frames, each under the limit (a single frame over it drops the connection, with no reply)
+    frames = [b"\xff" * (LIMIT // 2 + 10), b"\xff" * (LIMIT // 2)]  # the first is not JSON
+    header = _raw_request(server.address, frames)
     assert header["ok"] is False and header["id"] is None
     assert header["error"] == f"request of {LIMIT + 10} bytes exceeds the server's limit of {LIMIT} bytes"
     _assert_still_serving(server)
@@ -298,7 +301,7 @@ def test_the_client_rejects_malformed_predict_replies(fake_server, arrays, batch
     address, reply = fake_server
     reply[0] = arrays
     obs = np.zeros((2, 3), np.float32) if batch is None else np.zeros((batch, 2, 3), np.float32)
-    with PolicyClient(address, timeout_s=10) as client:
+    with PolicyClient(address, token="", timeout_s=10) as client:
         with pytest.raises(ProtocolError, match=match) as caught:
             client.predict_action({"obs": obs})
     assert str(caught.value).startswith(f"policy server at {address}: malformed predict reply: ")
@@ -307,7 +310,7 @@ def test_the_client_rejects_malformed_predict_replies(fake_server, arrays, batch
 def test_the_client_accepts_a_well_formed_reply(fake_server):
     address, reply = fake_server
     reply[0] = {"action": _chunk((4, 2)), "action_pred": _chunk((4, 2), np.float64)}
-    with PolicyClient(address, timeout_s=10) as client:
+    with PolicyClient(address, token="", timeout_s=10) as client:
         out = client.predict_action({"obs": np.zeros((2, 3), np.float32)})  # unbatched: (Ta, D)
     assert out["action"].shape == (4, 2) and out["action_pred"].dtype == np.float64
 

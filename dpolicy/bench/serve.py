@@ -1,31 +1,44 @@
 """`dpolicy bench serve`: round-trip latency and requests/s of `dpolicy serve` over loopback.
 
-Starts ``dpolicy serve`` in its own process on a free loopback port and measures, from clients
-in this process:
+Starts ``dpolicy serve`` in its own process on a free loopback port (without a token) and
+measures, from clients in this process:
 
 - ``ping``: the protocol round trip without a policy call;
 - ``predict`` from one client: round trip p50/p99, the server's compute time, and the difference
   (transport + encoding overhead);
 - ``predict`` from N concurrent clients (threads, one socket each): requests/s, mean number of
   requests stacked per policy call, round trip p50/p99;
+- ``fairness``: ping round trips (p50/p99/max) from one client while another sends the largest
+  allowed predict request (``--max-windows`` windows) back to back;
 - ``memory``: the server process's resident memory (``/proc/PID/status``: VmRSS idle, VmHWM
   peak) while ``--attack-clients`` clients send many-frame messages over the request limit, each
-  frame just under ZeroMQ's per-frame cap (twice the request limit), against that limit;
-- ``fairness``: ping round trips (p50/p99/max) from one client while another sends the largest
-  allowed predict request (``--max-windows`` windows) back to back.
+  frame at ZeroMQ's per-frame cap (the request limit):
+
+  - against the server without a token (any local process may connect): what a peer that may
+    connect can make ZeroMQ hold;
+  - against a second server, started with a token, from clients without it (none, or a wrong
+    one; each opens ``--attack-messages`` connections): ZeroMQ refuses their handshakes and
+    holds none of their messages;
+  - against that server, from plain TCP peers that send a PLAIN greeting and all but one byte
+    of a handshake frame of the cap's size, then stall: what a crafted peer without the token
+    can make ZeroMQ hold, per connection, until it drops the unfinished handshake.
 
 ``--modes`` picks among ``latency`` (the first three), ``memory`` and ``fairness``.
 
 Without ``--checkpoint`` the policy is found as in ``dpolicy bench realtime`` (a default run's
-latest checkpoint, else an UNTRAINED CPU-recipe policy: the latency is the same).
+latest checkpoint, else an UNTRAINED CPU-recipe policy: the latency is the same). The checkpoint
+is read and checked here first, so that a bad one fails at once, not in the server process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -98,7 +111,7 @@ def _throughput(address: str, info: dict, n_clients: int, seconds: float) -> dic
         rng = np.random.default_rng(index)
         mine, sizes = [], []
         try:
-            with PolicyClient(address, timeout_s=120) as client:
+            with PolicyClient(address, token="", timeout_s=120) as client:
                 while time.monotonic() < stop:
                     obs = _random_observation(info, rng)
                     start = time.perf_counter()
@@ -126,12 +139,36 @@ def _throughput(address: str, info: dict, n_clients: int, seconds: float) -> dic
 
 
 def _start_server(checkpoint: Path, threads: int, options: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """``dpolicy serve`` in its own process; without ``--token-file`` in ``options``, without a token
+    (``DPOLICY_SERVE_TOKEN`` is not passed on)."""
+    from dpolicy.control.client import TOKEN_ENV
+
     address = f"tcp://127.0.0.1:{_free_port()}"
     command = [sys.executable, "-m", "dpolicy", "serve", str(checkpoint), "--address", address,
                "--threads", str(threads), *options]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    env = {key: value for key, value in os.environ.items() if key != TOKEN_ENV}
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     return process, address
+
+
+def _wait_for_server(process: subprocess.Popen, address: str, token: str = "", timeout_s: float = 180.0) -> dict:
+    """The server's info, once it has loaded the checkpoint; RuntimeError at once if the process exits."""
+    from dpolicy.control.client import PolicyClient
+
+    deadline = time.monotonic() + timeout_s
+    with PolicyClient(address, token=token, timeout_s=1.0) as client:
+        while True:
+            try:
+                return client.info()
+            except TimeoutError:
+                if process.poll() is not None:
+                    output = process.stdout.read() if process.stdout else ""
+                    lines = [line for line in output.splitlines() if line.strip()]
+                    raise RuntimeError(f"the server exited with code {process.returncode} before answering: "
+                                       f"{lines[-1] if lines else '(no output)'}") from None
+                if time.monotonic() > deadline:
+                    raise
 
 
 def _stop_server(process: subprocess.Popen) -> str:
@@ -186,37 +223,61 @@ def _reset_peak(pid: int) -> bool:
     return True
 
 
+class _Watch:
+    """The resident memory of process ``pid`` from :meth:`start` to :meth:`stop`: idle, peak, after (MiB).
+    The peak is VmHWM when it can be reset, else VmRSS sampled every 10 ms."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.idle = _status_mib(pid)["VmRSS"]
+        self.reset = _reset_peak(pid)
+        self.sampled = [self.idle]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:  # bounded: the caller stops it when its attack ends
+        while not self._stop.wait(0.01):
+            self.sampled.append(_status_mib(self.pid)["VmRSS"])
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        status = _status_mib(self.pid)
+        peak = max(status["VmHWM"], max(self.sampled)) if self.reset else max(self.sampled)
+        return {"idle_mib": self.idle, "peak_mib": peak, "after_mib": status["VmRSS"],
+                "peak_from": "VmHWM" if self.reset else "VmRSS sampled every 10 ms"}
+
+
+def _attack_message(limit: int, n_frames: int, request_id: int) -> list:
+    """A predict header + ``n_frames`` frames at the per-frame cap (one buffer, sent without copies)."""
+    frame = _ATTACK_FRAMES.setdefault(limit, bytes(limit))
+    header = json.dumps({"v": 1, "op": "predict", "id": request_id,
+                         "arrays": [{"name": "obs", "dtype": "|u1", "shape": [len(frame)]}]})
+    return [header.encode(), *[frame] * n_frames]
+
+
+_ATTACK_FRAMES: dict[int, bytes] = {}
+
+
 def _memory_attack(address: str, pid: int, limit: int, n_clients: int, n_frames: int, n_messages: int,
                    seconds: float) -> dict:
-    """``n_clients`` DEALERs each send ``n_messages`` messages (a predict header + ``n_frames`` frames just
-    under the per-frame cap) without waiting, then collect the replies; the server's RSS meanwhile."""
+    """``n_clients`` DEALERs each send ``n_messages`` messages (a predict header + ``n_frames`` frames at
+    the per-frame cap) without waiting, then collect the replies; the server's RSS meanwhile."""
     import zmq
-
-    frame = bytes(2 * limit - 1024)  # one buffer, sent without copies by every client
-    idle = _status_mib(pid)["VmRSS"]
-    reset = _reset_peak(pid)
-    sampled = [idle]
-    stop = threading.Event()
-
-    def sample() -> None:  # the fallback when VmHWM cannot be reset; bounded by the attack's deadline
-        while not stop.wait(0.01):
-            sampled.append(_status_mib(pid)["VmRSS"])
 
     deadline = time.monotonic() + seconds
     replies: list[dict] = []
     lock = threading.Lock()
 
     def attack(index: int) -> None:
-        context = zmq.Context.instance()
-        sock = context.socket(zmq.DEALER)
+        sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(address)
         got = []
         try:
             for i in range(n_messages):
-                header = json.dumps({"v": 1, "op": "predict", "id": index * 1000 + i,
-                                     "arrays": [{"name": "obs", "dtype": "|u1", "shape": [len(frame)]}]})
-                sock.send_multipart([header.encode(), *[frame] * n_frames], copy=False)
+                sock.send_multipart(_attack_message(limit, n_frames, index * 1000 + i), copy=False)
             while len(got) < n_messages:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not sock.poll(int(remaining * 1000), zmq.POLLIN):
@@ -227,24 +288,102 @@ def _memory_attack(address: str, pid: int, limit: int, n_clients: int, n_frames:
             with lock:
                 replies.extend(got)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    threads = [threading.Thread(target=attack, args=(i,)) for i in range(n_clients)]
+    watch = _Watch(pid)
+    wall = _run_threads(attack, n_clients)
+    errors = sorted({r.get("error", "ok") for r in replies})
+    return {**watch.stop(), "sent": n_clients * n_messages, "replies": len(replies),
+            "refused": sum(not r.get("ok", False) for r in replies), "errors": errors,
+            "message_mib": n_frames * limit / 2**20, "frame_mib": limit / 2**20, "wall_s": wall}
+
+
+def _run_threads(target, n: int) -> float:
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
-    stop.set()
-    sampler.join()
-    status = _status_mib(pid)
-    peak = max(status["VmHWM"], max(sampled)) if reset else max(sampled)
-    errors = sorted({r.get("error", "ok") for r in replies})
-    return {"idle_mib": idle, "peak_mib": peak, "after_mib": status["VmRSS"], "peak_from": "VmHWM" if reset
-            else "VmRSS sampled every 10 ms", "sent": n_clients * n_messages, "replies": len(replies),
-            "refused": sum(not r.get("ok", False) for r in replies), "errors": errors,
-            "message_mib": (n_frames * len(frame)) / 2**20, "frame_mib": len(frame) / 2**20, "wall_s": wall}
+    return time.perf_counter() - start
+
+
+def _unauthenticated_attack(address: str, pid: int, limit: int, n_clients: int, n_frames: int, n_connections: int,
+                            seconds: float, token: str | None) -> dict:
+    """``n_clients`` threads each open ``n_connections`` DEALERs in turn with ``token`` (None: no token),
+    each sending one many-frame message; counts the handshakes refused and the replies (expected: none)."""
+    import zmq
+
+    deadline = time.monotonic() + seconds
+    counts = {"refused": 0, "replies": 0, "connections": 0}
+    lock = threading.Lock()
+
+    def attack(index: int) -> None:
+        from dpolicy.control.client import PLAIN_USERNAME
+
+        for i in range(n_connections):
+            if time.monotonic() > deadline:
+                return
+            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            if token is not None:
+                sock.setsockopt(zmq.PLAIN_USERNAME, PLAIN_USERNAME.encode())
+                sock.setsockopt(zmq.PLAIN_PASSWORD, token.encode())
+            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            try:
+                sock.connect(address)
+                try:
+                    sock.send_multipart(_attack_message(limit, n_frames, index * 1000 + i), zmq.NOBLOCK, copy=False)
+                except zmq.Again:  # no connection to queue it on (yet): the handshake decides
+                    pass
+                wait_ms = int(max(0.0, min(2.0, deadline - time.monotonic())) * 1000)
+                refused = bool(monitor.poll(wait_ms, zmq.POLLIN))
+                replied = bool(sock.poll(100, zmq.POLLIN))
+            finally:
+                sock.disable_monitor()
+                monitor.close(linger=0)
+                sock.close()
+            with lock:
+                counts["connections"] += 1
+                counts["refused"] += refused
+                counts["replies"] += replied
+
+    watch = _Watch(pid)
+    wall = _run_threads(attack, n_clients)
+    return {**watch.stop(), **counts, "message_mib": n_frames * limit / 2**20, "wall_s": wall}
+
+
+def _handshake_attack(address: str, pid: int, limit: int, n_clients: int, seconds: float) -> dict:
+    """``n_clients`` plain TCP peers each send a ZMTP greeting for PLAIN and all but the last byte of a
+    handshake frame of ``limit`` bytes, then wait (at most ``seconds``) for the server to drop them."""
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    greeting = b"\xff" + b"\0" * 8 + b"\x7f" + bytes([3, 0]) + b"PLAIN".ljust(20, b"\0") + b"\0" * 32
+    stalled = greeting + bytes([0x06]) + struct.pack(">Q", limit) + bytes(limit - 1)  # a long command frame
+    deadline = time.monotonic() + seconds
+    watch = _Watch(pid)
+    peers: list[socket.socket] = []
+    dropped: list[float] = []
+    start = time.monotonic()
+    try:
+        for _ in range(n_clients):
+            peer = socket.create_connection((host, int(port)), timeout=seconds)
+            peers.append(peer)
+            peer.sendall(stalled)
+        sent = time.monotonic()
+        for peer in peers:
+            peer.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                while peer.recv(65536):  # the server's greeting, then the end when it drops the connection
+                    pass
+                dropped.append(time.monotonic() - sent)
+            except ConnectionResetError:
+                dropped.append(time.monotonic() - sent)
+            except TimeoutError:
+                pass
+    finally:
+        for peer in peers:
+            peer.close()
+    return {**watch.stop(), "dropped": len(dropped), "connections": n_clients,
+            "dropped_after_s": max(dropped) if dropped else None, "frame_mib": limit / 2**20,
+            "wall_s": time.monotonic() - start}
 
 
 def _first_error(errors: list[str]) -> str:
@@ -253,7 +392,14 @@ def _first_error(errors: list[str]) -> str:
     return errors[0] + (f"; {len(errors) - 1} more alike" if len(errors) > 1 else "")
 
 
+def _growth(f: dict, limit: int) -> str:
+    growth = f["peak_mib"] - f["idle_mib"]
+    return (f"server RSS idle {f['idle_mib']:.0f} MiB, peak {f['peak_mib']:.0f} MiB ({f['peak_from']}), growth "
+            f"{growth:.0f} MiB = {growth * 2**20 / limit:.1f}x the request limit; RSS after {f['after_mib']:.0f} MiB")
+
+
 def _memory_lines(address: str, pid: int, info: dict, args: argparse.Namespace) -> list[str]:
+    """The attacks on the server without a token (what any peer that may connect can do)."""
     from dpolicy.control.client import PolicyClient
     from dpolicy.control.server import RECEIVE_HWM
 
@@ -262,20 +408,56 @@ def _memory_lines(address: str, pid: int, info: dict, args: argparse.Namespace) 
     for n_frames in [int(f) for f in args.attack_frames.split(",") if f.strip()]:
         f = _memory_attack(address, pid, limit, args.attack_clients, n_frames, args.attack_messages,
                            args.attack_seconds)
-        growth = f["peak_mib"] - f["idle_mib"]
         held = args.attack_clients * (RECEIVE_HWM + 1) * f["message_mib"]
-        with PolicyClient(address, timeout_s=60) as client:
+        with PolicyClient(address, token="", timeout_s=60) as client:
             client.ping()  # still serving
         lines.append(
-            f"memory    {args.attack_clients} clients x {args.attack_messages} messages of 1 header + {n_frames} "
-            f"frame(s) of {f['frame_mib']:.2f} MiB ({f['message_mib']:.1f} MiB each; request limit "
-            f"{limit / 2**20:g} MiB): server RSS idle {f['idle_mib']:.0f} MiB, peak {f['peak_mib']:.0f} MiB "
-            f"({f['peak_from']}), growth {growth:.0f} MiB = {growth * 2**20 / limit:.1f}x the request limit "
-            f"(ZeroMQ may hold {args.attack_clients} x {RECEIVE_HWM + 1} whole messages = {held:.0f} MiB); "
-            f"RSS after {f['after_mib']:.0f} MiB; {f['refused']}/{f['sent']} refused "
-            f"({_first_error(f['errors'])}), {f['sent'] - f['replies']} unanswered, {f['wall_s']:.1f} s; "
-            "still serving")
+            f"memory    no token (loopback; any local process may connect): {args.attack_clients} clients x "
+            f"{args.attack_messages} messages of 1 header + {n_frames} frame(s) of {f['frame_mib']:.2f} MiB "
+            f"({f['message_mib']:.1f} MiB each; request limit {limit / 2**20:g} MiB): {_growth(f, limit)} (ZeroMQ "
+            f"may hold {args.attack_clients} x {RECEIVE_HWM + 1} whole messages = {held:.0f} MiB); "
+            f"{f['refused']}/{f['sent']} refused ({_first_error(f['errors'])}), {f['sent'] - f['replies']} "
+            f"unanswered, {f['wall_s']:.1f} s; still serving")
     return lines
+
+
+def _token_memory_lines(checkpoint: Path, options: tuple[str, ...], args: argparse.Namespace,
+                        scratch: Path) -> None:
+    """The attacks on a second server, started with a token, by peers without it (printed as they end)."""
+    from dpolicy.control.client import PolicyClient
+    from dpolicy.control.server import HANDSHAKE_TIMEOUT_S
+
+    token = secrets.token_hex(16)
+    token_file = scratch / "token.txt"
+    token_file.write_text(token)
+    process, address = _start_server(checkpoint, args.threads, (*options, "--token-file", str(token_file)))
+    try:
+        info = _wait_for_server(process, address, token)
+        limit = int(info["max_request_bytes"])
+        n_frames = max(int(f) for f in args.attack_frames.split(",") if f.strip())
+        for label, attacker_token in (("no token", None), ("a wrong token", "wrong-" + token)):
+            f = _unauthenticated_attack(address, process.pid, limit, args.attack_clients, n_frames,
+                                        args.attack_messages, min(args.attack_seconds, 30.0), attacker_token)
+            with PolicyClient(address, token=token, timeout_s=60) as client:
+                client.ping()
+            print(
+                f"memory    token set, clients with {label}: {args.attack_clients} clients x "
+                f"{f['connections'] // args.attack_clients} connections, each sending 1 header + {n_frames} frames "
+                f"of {limit / 2**20:.2f} MiB "
+                f"({f['message_mib']:.1f} MiB): {_growth(f, limit)}; {f['refused']}/{f['connections']} handshakes "
+                f"refused, {f['replies']} replies, {f['wall_s']:.1f} s; still serving", flush=True)
+        f = _handshake_attack(address, process.pid, limit, args.attack_clients, HANDSHAKE_TIMEOUT_S + 10.0)
+        dropped = (f"the server dropped {f['dropped']}/{f['connections']} after {f['dropped_after_s']:.1f} s "
+                   f"(HANDSHAKE_IVL {HANDSHAKE_TIMEOUT_S:g} s)" if f["dropped"] else
+                   f"the server dropped none within {f['wall_s']:.0f} s")
+        with PolicyClient(address, token=token, timeout_s=60) as client:
+            client.ping()
+        print(
+            f"memory    token set, raw TCP peers stalling in the handshake: {f['connections']} connections, each a "
+            f"PLAIN greeting and {f['frame_mib']:.2f} MiB - 1 byte of a handshake frame: {_growth(f, limit)}; "
+            f"{dropped}; still serving", flush=True)
+    finally:
+        print("token " + _stop_server(process), flush=True)
 
 
 def _fairness_lines(address: str, info: dict, n_pings: int) -> list[str]:
@@ -290,7 +472,7 @@ def _fairness_lines(address: str, info: dict, n_pings: int) -> list[str]:
 
     def heavy() -> None:
         try:
-            with PolicyClient(address, timeout_s=300) as client:
+            with PolicyClient(address, token="", timeout_s=300) as client:
                 for _ in range(100_000):  # bounded; stops when the pings are done
                     if stop.is_set():
                         break
@@ -307,7 +489,7 @@ def _fairness_lines(address: str, info: dict, n_pings: int) -> list[str]:
     thread.start()
     try:
         started.wait(300)
-        with PolicyClient(address, timeout_s=300) as client:
+        with PolicyClient(address, token="", timeout_s=300) as client:
             pings = [client.ping() for _ in range(n_pings)]
     finally:
         stop.set()
@@ -324,6 +506,7 @@ def run(args: argparse.Namespace) -> int:
     from dpolicy.bench.realtime import resolve_checkpoint
     from dpolicy.control.client import PolicyClient
     from dpolicy.errors import UsageError
+    from dpolicy.training.checkpoint import read_checkpoint
 
     clients = [int(c) for c in args.clients.split(",") if c.strip()]
     if not clients or min(clients) < 1:
@@ -345,10 +528,11 @@ def run(args: argparse.Namespace) -> int:
         options += ["--max-windows", str(args.max_windows)]
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint, trained = resolve_checkpoint(args.checkpoint, Path(scratch))
+        read_checkpoint(checkpoint)  # a bad file fails here, with its CheckpointError, not in the server
         process, address = _start_server(checkpoint, args.threads, tuple(options))
         try:
-            with PolicyClient(address, timeout_s=180) as client:
-                info = client.info()  # waits for the server to load the checkpoint
+            info = _wait_for_server(process, address)  # waits for the server to load the checkpoint
+            with PolicyClient(address, token="", timeout_s=180) as client:
                 sampler = f"{info.get('scheduler', '?')} x{info.get('num_inference_steps', '?')}"
                 name = checkpoint if trained else "UNTRAINED CPU-recipe policy"
                 print(f"server: {name} ({info['policy']}, {sampler}, {args.threads} torch thread(s)) "
@@ -370,4 +554,6 @@ def run(args: argparse.Namespace) -> int:
                 print("\n".join(_memory_lines(address, process.pid, info, args)), flush=True)
         finally:
             print(_stop_server(process))
+        if "memory" in modes:
+            _token_memory_lines(checkpoint, tuple(options), args, Path(scratch))
     return 0

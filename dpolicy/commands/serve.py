@@ -78,12 +78,13 @@ def run(args: argparse.Namespace) -> int:
     info = server.info()
     print(f"serving {args.checkpoint} ({info['policy']}, To={info['n_obs_steps']}, "
           f"Ta={info.get('n_action_steps', '?')}) on {server.address}, "
-          f"token {'required' if token else 'not required (loopback only)'}; limits per request: "
-          f"{server.max_request_bytes / 2**20:g} MiB, {server.max_frames} frames, {server.max_windows} windows; "
-          "Ctrl-C to stop", flush=True)
+          f"token {'required (ZeroMQ PLAIN handshake)' if token else 'not required (loopback only)'}; "
+          f"limits per request: {server.max_request_bytes / 2**20:g} MiB, {server.max_frames} frames, "
+          f"{server.max_windows} windows; Ctrl-C to stop", flush=True)
     try:
         server.serve_forever()
     finally:
         server.close()
-        print(f"stopped after {server.n_requests} requests ({server.n_errors} rejected)", flush=True)
+        refused = f", {server.n_refused} connections refused for a wrong token" if token else ""
+        print(f"stopped after {server.n_requests} requests ({server.n_errors} rejected){refused}", flush=True)
     return 0

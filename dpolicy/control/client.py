@@ -7,17 +7,29 @@ Wire format (ZeroMQ multipart messages, no pickle anywhere):
   ``{"name": str, "dtype": str, "shape": [int, ...]}`` with a little-endian numpy dtype string from
   :data:`WIRE_DTYPES` (``"<f4"`` float32, ``"<f8"`` float64, ``"|u1"`` uint8, ``"<i4"``, ``"<i8"``).
 
-Requests carry ``{"v": 1, "op": "ping" | "info" | "predict", "id": int}``, plus ``"token"`` when the
-server requires one and optionally ``"seed"`` (reproducible sampling). A ``predict`` request's
-arrays are the observation keys, ``(B, To, *shape)`` or ``(To, *shape)``, in env units (images
-HWC uint8). Replies echo ``id`` and carry ``"ok": true`` with the result (``predict``: arrays
-``action`` (B, Ta, D) and ``action_pred`` (B, Tp, D), float32, plus ``"compute_ms"``), or
-``"ok": false`` with ``"error"``. A client in another language needs a ZeroMQ DEALER socket (or
-REQ, which adds an empty delimiter frame) and a JSON library.
+Requests carry ``{"v": 1, "op": "ping" | "info" | "predict", "id": int}``, optionally ``"seed"``
+(reproducible sampling). A ``predict`` request's arrays are the observation keys,
+``(B, To, *shape)`` or ``(To, *shape)``, in env units (images HWC uint8). Replies echo ``id`` and
+carry ``"ok": true`` with the result (``predict``: arrays ``action`` (B, Ta, D) and ``action_pred``
+(B, Tp, D), float32, plus ``"compute_ms"``), or ``"ok": false`` with ``"error"``. A client in
+another language needs a ZeroMQ DEALER socket (or REQ, which adds an empty delimiter frame) and a
+JSON library.
+
+Authentication: a server started with a token authenticates each connection in the ZeroMQ
+handshake, with the PLAIN mechanism: the client sets ``ZMQ_PLAIN_USERNAME`` to
+:data:`PLAIN_USERNAME` (``"dpolicy"``) and ``ZMQ_PLAIN_PASSWORD`` to the token before connecting.
+A connection with a wrong token, or none, never completes the handshake: the server receives
+nothing from it and sends no reply (:class:`PolicyClient` reads the handshake's outcome from a
+socket monitor and raises :class:`PolicyServerError` saying authentication failed). A server
+without a token speaks ZeroMQ's NULL mechanism, and refuses clients that bring one. The token
+is no longer part of the header (a ``"token"`` field there is ignored). PLAIN sends it in clear
+text, once per connection: tunnel the port (SSH, VPN) on networks you do not trust.
 
 Limits (the server's ``info`` reply lists them): a request has at most ``max_frames`` frames (the
 header plus one per observation key), ``max_request_bytes`` bytes in all and ``max_windows``
-observation windows (B); float observations must be finite. Anything else gets an error reply.
+observation windows (B); float observations must be finite. Anything else gets an error reply,
+except a single frame over ``max_request_bytes``: ZeroMQ then drops the connection and no reply
+comes (:class:`PolicyClient` refuses to send such a request once it knows the server's ``info``).
 :class:`PolicyClient` checks every ``predict`` reply in turn (shape ``(B, Ta, D)`` for the
 request's B, float dtype, finite values) and raises :class:`ProtocolError` on a malformed one.
 
@@ -46,6 +58,8 @@ MAX_NDIM = 8
 MAX_HEADER_BYTES = 64 * 1024
 #: Environment variable holding the shared token, read by the client and by ``dpolicy serve``.
 TOKEN_ENV = "DPOLICY_SERVE_TOKEN"
+#: The ZeroMQ PLAIN user name of every client; the password is the token.
+PLAIN_USERNAME = "dpolicy"
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 
 
@@ -212,9 +226,14 @@ class PolicyClient:
 
     Args:
         address: the server's ZeroMQ endpoint, e.g. ``tcp://127.0.0.1:5555``.
-        token: shared token (default: the ``DPOLICY_SERVE_TOKEN`` environment variable, if set).
+        token: shared token (default: the ``DPOLICY_SERVE_TOKEN`` environment variable, if set;
+            ``""``: no token, whatever the environment says). With a token the connection
+            authenticates in the ZeroMQ handshake (PLAIN, see the module docstring).
         timeout_s: how long a request may take before :class:`TimeoutError`.
 
+    A refused handshake (wrong token, a token the server does not take, or none where it needs
+    one) raises :class:`PolicyServerError` at the next request, saying authentication failed;
+    ZeroMQ does not retry such a connection, so make a new client with the right token.
     Thread-safe (one request at a time). Needs only numpy and pyzmq, no torch.
     """
 
@@ -224,13 +243,27 @@ class PolicyClient:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.address = address
-        self.token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self.token = (token if token is not None else os.environ.get(TOKEN_ENV)) or None
         self.timeout_s = float(timeout_s)
         self._zmq = zmq
         self._context = zmq.Context.instance()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if self.token is not None:
+            self._socket.setsockopt(zmq.PLAIN_USERNAME, PLAIN_USERNAME.encode())
+            self._socket.setsockopt(zmq.PLAIN_PASSWORD, self.token.encode("utf-8"))
+        # The handshake's failures only: ZeroMQ does not retry a refused connection, so at most a few
+        # events ever arrive (a monitor that nobody reads must not fill up).
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                                        | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+        self._refused: str | None = None  # why the server refused the handshake, once it has
         self._socket.connect(address)
+        self._can_send = zmq.Poller()
+        self._can_send.register(self._socket, zmq.POLLOUT)
+        self._can_send.register(self._monitor, zmq.POLLIN)
+        self._can_recv = zmq.Poller()
+        self._can_recv.register(self._socket, zmq.POLLIN)
+        self._can_recv.register(self._monitor, zmq.POLLIN)
         self._lock = threading.Lock()
         self._next_id = 0
         self._info: dict | None = None
@@ -244,22 +277,78 @@ class PolicyClient:
                 raise RuntimeError("PolicyClient is closed")
             request_id = self._next_id
             self._next_id += 1
-            header = {"v": PROTOCOL_VERSION, "op": op, "id": request_id, **fields}
-            if self.token is not None:
-                header["token"] = self.token
-            self._socket.send_multipart(encode_message(header, arrays))
+            frames = encode_message({"v": PROTOCOL_VERSION, "op": op, "id": request_id, **fields}, arrays)
+            self._check_size(frames)
             deadline = time.monotonic() + self.timeout_s
+            self._check_handshake()
+            while True:  # a DEALER with no usable connection does not take messages: wait, bounded
+                try:
+                    self._socket.send_multipart(frames, self._zmq.NOBLOCK)
+                    break
+                except self._zmq.Again:
+                    if not self._wait(self._can_send, deadline):
+                        raise self._timeout() from None
             while True:
-                remaining_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
-                if remaining_ms == 0 or not self._socket.poll(remaining_ms, self._zmq.POLLIN):
-                    raise TimeoutError(f"no reply from the policy server at {self.address} within "
-                                       f"{self.timeout_s:g} s (is `dpolicy serve` running there?)")
+                if not self._wait(self._can_recv, deadline):
+                    raise self._timeout()
                 reply, out = decode_message(self._socket.recv_multipart())
                 if reply.get("id") == request_id:  # replies to requests that timed out are skipped
                     break
         if not reply.get("ok", False):
             raise PolicyServerError(f"policy server at {self.address}: {reply.get('error', 'unknown error')}")
         return reply, out
+
+    def _wait(self, poller, deadline: float) -> bool:
+        """Wait until the socket is ready in ``poller``'s sense; False at the deadline. Raises
+        :class:`PolicyServerError` as soon as the monitor reports a refused handshake."""
+        while True:
+            remaining_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
+            if remaining_ms == 0:
+                return False
+            ready = dict(poller.poll(remaining_ms))
+            if self._monitor in ready:
+                self._check_handshake()
+            if self._socket in ready:
+                return True
+
+    def _check_handshake(self) -> None:
+        """Read the monitor's events; raise :class:`PolicyServerError` if the handshake was refused."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        zmq = self._zmq
+        while self._monitor.poll(0, zmq.POLLIN):
+            event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            self._refused = self._refusal(event["event"], event["value"])
+        if self._refused is not None:
+            raise PolicyServerError(f"policy server at {self.address}: {self._refused}")
+
+    def _refusal(self, event: int, value: int) -> str:
+        zmq = self._zmq
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return (f"authentication failed: the server refused this client's token (ZeroMQ PLAIN handshake, "
+                    f"status {value}); use the server's token ({TOKEN_ENV} or token=...)")
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH and self.token is None:
+            return (f"authentication failed: the server requires a token and this client has none; set "
+                    f"{TOKEN_ENV} or pass token=...")
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return ("authentication failed: this client has a token but the server takes none (it was "
+                    f"started without one); connect without a token (token='' or unset {TOKEN_ENV}) or "
+                    "start the server with this token")
+        return (f"the ZeroMQ handshake failed (protocol error {value:#x}): is a `dpolicy serve` of this "
+                "version listening there?")
+
+    def _timeout(self) -> TimeoutError:
+        return TimeoutError(f"no reply from the policy server at {self.address} within {self.timeout_s:g} s "
+                            "(is `dpolicy serve` running there?)")
+
+    def _check_size(self, frames: list[bytes]) -> None:
+        """Refuse, without sending, a request over the server's byte limit (known once ``info`` was read):
+        the server would refuse it too, or, for a single frame over the limit, drop the connection."""
+        limit = (self._info or {}).get("max_request_bytes")
+        size = sum(len(frame) for frame in frames)
+        if isinstance(limit, int) and size > limit:
+            raise PolicyServerError(f"policy server at {self.address}: request of {size} bytes exceeds the "
+                                    f"server's limit of {limit} bytes (its info; not sent)")
 
     def ping(self) -> float:
         """Round-trip time of an empty request, in seconds."""
@@ -307,6 +396,8 @@ class PolicyClient:
     def close(self) -> None:
         with self._lock:
             if self._socket is not None:
+                self._socket.disable_monitor()
+                self._monitor.close(linger=0)
                 self._socket.close(linger=0)
                 self._socket = None
 

@@ -6,13 +6,21 @@ a JSON header plus raw little-endian array frames, never pickle). Requests that 
 together and share their observation layout are stacked into one batched policy call.
 
 Safety: the server binds to loopback (``tcp://127.0.0.1:5555``) unless told otherwise and refuses
-any other address without a shared token. Malformed, unauthenticated or failing requests get an
+any other address without a shared token. With a token, every connection authenticates in the
+ZeroMQ handshake (the PLAIN mechanism, user :data:`~dpolicy.control.client.PLAIN_USERNAME`,
+password the token), checked by a ZAP handler the server runs in its ZeroMQ context: a peer with
+a wrong token or none never completes the handshake, so ZeroMQ passes none of its messages on
+(it gets no reply; :class:`~dpolicy.control.client.PolicyClient` tells its user that
+authentication failed). Each message read is checked once more for the user id the ZAP handler
+gave its connection. PLAIN carries the token in clear text, once per connection: on a network you
+do not trust, put the port behind a tunnel (SSH, VPN). Malformed or failing requests get an
 error reply while the server keeps serving; so do requests over a limit:
 
 - ``max_request_bytes`` (all frames together) and ``max_frames`` (the header plus one frame per
   observation key of the policy): the server reads a message frame by frame and stops keeping it
-  at the first frame over a limit, discarding the rest unread by Python; a single frame over
-  twice ``max_request_bytes`` makes ZeroMQ drop the connection (``MAXMSGSIZE``);
+  at the first frame over a limit, discarding the rest unread by Python. A single frame over
+  ``max_request_bytes`` gets no reply: ZeroMQ drops the connection when it reads that frame's size
+  (``MAXMSGSIZE``), before buffering it;
 - ``max_windows``: observation windows (the batch B) per request, and per policy call;
 - non-finite (NaN, inf) float observations are refused, naming the key; so are non-finite actions.
 
@@ -21,12 +29,23 @@ fairly, client by client), answers ``ping``/``info`` and errors at once, queues 
 requests (at most :data:`MAX_QUEUED_PER_CLIENT` per client) and then makes ONE policy call of at
 most ``max_windows`` windows. A ping therefore waits for at most the policy call in progress.
 
-Memory: ZeroMQ holds at most ``RCVHWM`` (:data:`RECEIVE_HWM`) unread messages per connection
-and stops reading that connection past it. It hands a multipart message over only once all of
-its frames have arrived, and bounds single frames only: one message of many frames, each under
-``MAXMSGSIZE``, is held whole in ZeroMQ's memory before the server can count its frames. No
-socket option bounds that, so, on a network you do not trust, put the port behind a tunnel
-(SSH, VPN), which also protects the token: it travels in clear text.
+Memory, what a peer can make the server hold (L = ``max_request_bytes``):
+
+- a peer without the token (when one is set): none of its messages. Before its handshake ends a
+  connection can hold one handshake frame of at most L (``MAXMSGSIZE`` bounds those too), for at
+  most :data:`HANDSHAKE_TIMEOUT_S`, when ZeroMQ drops an unfinished handshake. A ZeroMQ client
+  never sends such a frame (its handshake takes a few hundred bytes); a crafted one can, once per
+  connection it opens.
+- an authenticated peer (or, without a token, any process on this machine): per connection,
+  ZeroMQ holds at most :data:`RECEIVE_HWM` + 1 = 2 messages (the queued one, and one being
+  received; past the high-water mark it stops reading that connection), each frame at most L. It
+  hands a multipart message over only whole and bounds no number of frames, so one message of
+  many frames is held whole before the server sees its first: a peer holding the token can still
+  make ZeroMQ hold a message of any size. A client that sends one frame per observation key, as
+  :class:`~dpolicy.control.client.PolicyClient` does, has at most 2 x L there. Python keeps at
+  most L of a message, and at most :data:`MAX_QUEUED_PER_CLIENT` queued requests per client.
+- in total: the sum over the connections, whose number ZeroMQ does not bound. Give the token
+  only to clients you trust, and keep the port behind a firewall or tunnel off loopback.
 """
 
 from __future__ import annotations
@@ -48,6 +67,7 @@ from dpolicy.control.client import (
     DEFAULT_ADDRESS,
     MAX_ARRAYS,
     MAX_HEADER_BYTES,
+    PLAIN_USERNAME,
     PROTOCOL_VERSION,
     TOKEN_ENV,
     ProtocolError,
@@ -71,8 +91,14 @@ DEFAULT_MAX_WINDOWS = 64
 MAX_QUEUED_PER_CLIENT = 4
 #: ZeroMQ's receive high-water mark, in messages per connection: past it ZeroMQ stops reading
 #: that connection (the client's sends wait), so each client has at most this many unread
-#: messages, plus the one being received, in the server's memory.
+#: messages, plus the one being received, in the server's memory. (With a token the socket's
+#: ``RCVHWM`` is one more, which holds the same number of messages under PLAIN: see ``__init__``.)
 RECEIVE_HWM = 1
+#: ZeroMQ drops a connection whose handshake has not ended after this long (``HANDSHAKE_IVL``).
+HANDSHAKE_TIMEOUT_S = 5.0
+#: The ZAP domain of the server's socket, and ZeroMQ's fixed endpoint for the ZAP handler.
+ZAP_DOMAIN = "dpolicy"
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 OPS = ("ping", "info", "predict")
 
 
@@ -118,6 +144,75 @@ class _Request:
         self.tag = 0
 
 
+class _ZapHandler:
+    """ZeroMQ's authentication hook (ZAP, RFC 27) for one context, answered in a thread.
+
+    PLAIN in the server's domain passes with user :data:`PLAIN_USERNAME` and the token (compared
+    in constant time); NULL passes (other sockets of a shared context: a context without a handler
+    lets them through too); anything else is refused, status 400.
+    """
+
+    def __init__(self, context, token: str):
+        import zmq
+
+        self._zmq = zmq
+        self._password = token.encode("utf-8")
+        self._socket = context.socket(zmq.REP)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        try:
+            self._socket.bind(ZAP_ENDPOINT)
+        except zmq.ZMQError as exc:
+            self._socket.close()
+            raise ValueError(f"cannot check tokens: this ZeroMQ context already has a ZAP handler ({exc}); a "
+                             "server with a token needs a context of its own (the default)") from None
+        #: Handshakes accepted and refused (a wrong token; a client with no token at all fails earlier,
+        #: on the mechanism, and never reaches the handler).
+        self.n_accepted = 0
+        self.n_refused = 0
+        self._logged: set[bytes] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dpolicy-serve-zap", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        zmq = self._zmq
+        try:
+            while not self._stop.is_set():
+                if self._socket.poll(50, zmq.POLLIN):
+                    frames = self._socket.recv_multipart()
+                    try:
+                        reply = self._answer(frames)
+                    except Exception:  # every request needs a reply: refuse (fail closed), keep answering
+                        LOG.exception("ZAP handler error")
+                        reply = [b"1.0", frames[1] if len(frames) > 1 else b"", b"500", b"internal error", b"", b""]
+                    self._socket.send_multipart(reply)
+        finally:
+            self._socket.close(linger=0)
+
+    def _answer(self, frames: list[bytes]) -> list[bytes]:
+        """The reply to one ZAP request: version, request id, status, status text, user id, metadata."""
+        if len(frames) < 6 or frames[0] != b"1.0":
+            return [b"1.0", frames[1] if len(frames) > 1 else b"", b"500", b"malformed ZAP request", b"", b""]
+        request_id, domain, address, mechanism, credentials = frames[1], frames[2], frames[3], frames[5], frames[6:]
+        if (mechanism == b"PLAIN" and domain == ZAP_DOMAIN.encode() and len(credentials) == 2
+                and credentials[0] == PLAIN_USERNAME.encode()
+                and hmac.compare_digest(credentials[1], self._password)):
+            self.n_accepted += 1
+            return [b"1.0", request_id, b"200", b"OK", PLAIN_USERNAME.encode(), b""]
+        if mechanism == b"NULL" and domain != ZAP_DOMAIN.encode():
+            return [b"1.0", request_id, b"200", b"OK", b"", b""]
+        self.n_refused += 1
+        if address not in self._logged and len(self._logged) < 256:  # once per address: no log flood
+            self._logged.add(address)
+            LOG.warning("refused a connection from %s: authentication failed (wrong token)",
+                        address.decode("utf-8", "replace"))
+        return [b"1.0", request_id, b"400", b"authentication failed", b"", b""]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class PolicyServer:
     """Serve ``policy.predict_action`` over ZeroMQ.
 
@@ -125,12 +220,15 @@ class PolicyServer:
         policy: an object with ``predict_action`` and ``n_obs_steps`` (a package policy, usually).
         address: endpoint to bind, e.g. ``tcp://127.0.0.1:5555`` (``tcp://127.0.0.1:*`` picks a free
             port; :attr:`address` then tells which).
-        token: shared secret every request must carry; required for non-loopback addresses.
+        token: shared secret every client must present in the ZeroMQ handshake (PLAIN, see the
+            module docstring); required for non-loopback addresses; not on ``inproc://`` (ZeroMQ
+            does not authenticate in-process peers).
         max_request_bytes: largest request accepted (all frames together).
         max_batch: most waiting requests stacked into one policy call (and messages read per round).
         max_windows: most observation windows (B) in one request, and in one policy call.
         info: extra entries for the ``info`` reply (checkpoint path, ...).
         context: the ZeroMQ context to use (``inproc://`` clients must share it); default: its own.
+            A server with a token binds the context's ZAP endpoint: one such server per context.
     """
 
     def __init__(self, policy, address: str = DEFAULT_ADDRESS, token: str | None = None,
@@ -145,6 +243,9 @@ class PolicyServer:
         if token is not None and not token:
             raise ValueError("token must be a non-empty string or None")
         check_exposure(address, token)
+        if token is not None and address.startswith("inproc://"):
+            raise ValueError(f"a token cannot protect {address!r}: ZeroMQ authenticates tcp:// and ipc:// "
+                             "connections only (in-process clients share the process); drop the token")
         if max_request_bytes < 1024:
             raise ValueError(f"max_request_bytes must be >= 1024, got {max_request_bytes}")
         if max_batch < 1:
@@ -164,20 +265,30 @@ class PolicyServer:
         self._zmq = zmq
         self._own_context = context is None
         self._context = zmq.Context() if context is None else context
-        self._socket = self._context.socket(zmq.ROUTER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        # Per frame: a frame over twice the limit drops the connection before it is buffered (one up to
-        # twice the limit still gets the "exceeds" error reply, which tells the client the limit).
-        self._socket.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_request_bytes)
-        # Per connection: ZeroMQ stops reading a client that has this many messages unread.
-        self._socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+        self._socket = None
+        self._zap: _ZapHandler | None = None
         try:
-            self._socket.bind(address)
-        except zmq.ZMQError as exc:
-            self._socket.close()
-            if self._own_context:
-                self._context.term()
-            raise OSError(f"cannot bind the policy server to {address!r}: {exc}") from None
+            if token is not None:  # bound before the socket, so that no handshake finds it missing
+                self._zap = _ZapHandler(self._context, token)
+            self._socket = self._context.socket(zmq.ROUTER)
+            self._socket.setsockopt(zmq.LINGER, 0)
+            if token is not None:
+                self._socket.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+                self._socket.setsockopt(zmq.PLAIN_SERVER, 1)
+            # Per frame, handshake frames included: a larger one drops the connection before it is buffered.
+            self._socket.setsockopt(zmq.MAXMSGSIZE, self.max_request_bytes)
+            # Per connection: ZeroMQ stops reading a client that has this many messages unread. With PLAIN,
+            # libzmq (4.3.5) counts one more entry in each connection's queue: at RCVHWM 1 it delivers
+            # nothing at all, at 2 it holds as many messages as NULL at 1 (measured with 8 MiB messages: 2).
+            self._socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM + (token is not None))
+            self._socket.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_TIMEOUT_S * 1000))
+            try:
+                self._socket.bind(address)
+            except zmq.ZMQError as exc:
+                raise OSError(f"cannot bind the policy server to {address!r}: {exc}") from None
+        except BaseException:
+            self._release()
+            raise
         self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -233,10 +344,21 @@ class PolicyServer:
             self._thread.join()
             self._thread = None
         if not self._closed:
-            self._socket.close(linger=0)
-            if self._own_context:
-                self._context.term()
+            self._release()
             self._closed = True
+
+    def _release(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+        if self._zap is not None:
+            self._zap.close()
+        if self._own_context:
+            self._context.term()
+
+    @property
+    def n_refused(self) -> int:
+        """Handshakes refused for a wrong token (clients with no token fail before the check)."""
+        return self._zap.n_refused if self._zap is not None else 0
 
     def __enter__(self) -> PolicyServer:
         return self
@@ -289,6 +411,8 @@ class PolicyServer:
 
         Frames past ``max_frames`` or ``max_request_bytes`` are read and dropped at once (only the
         header is kept, for the request id of the error reply); ``problem`` then says which limit.
+        With a token, a message whose connection lacks the ZAP handler's user id is kept not at all
+        and refused (ZeroMQ should never pass one on: this is the second check).
         """
         zmq = self._zmq
         try:
@@ -297,11 +421,15 @@ class PolicyServer:
             return None
         envelope, body = [frame.bytes], []
         n_frames = size = 0
-        over = False
+        check_user = self.token is not None
+        over = unauthorized = False
         more = frame.more
         while more:
             frame = self._socket.recv(copy=False)  # ZeroMQ delivers whole messages: the rest is here
             more = frame.more
+            if check_user:  # the first frame from the wire carries the connection's metadata
+                check_user = False
+                over = unauthorized = not self._authenticated(frame)
             if len(envelope) == 1 and n_frames == 0 and len(frame) == 0:
                 envelope.append(b"")  # a REQ peer's empty delimiter
                 continue
@@ -314,8 +442,16 @@ class PolicyServer:
                 else:
                     body.append(frame.buffer)
             del frame  # an over-limit frame is freed here, not kept to the end of the message
+        if unauthorized:
+            return envelope, [], "unauthorized: this connection did not authenticate"
         problem = self._limit_problem(n_frames, size) if over else None
         return envelope, body, problem
+
+    def _authenticated(self, frame) -> bool:
+        try:
+            return frame.get("User-Id") == PLAIN_USERNAME
+        except self._zmq.ZMQError:  # no such property: not a PLAIN connection
+            return False
 
     def _limit_problem(self, n_frames: int, size: int) -> str | None:
         if n_frames > self.max_frames:
@@ -365,11 +501,6 @@ class PolicyServer:
         if header.get("v") != PROTOCOL_VERSION:
             raise ProtocolError(f"unsupported protocol version {header.get('v')!r}; this server speaks "
                                 f"{PROTOCOL_VERSION}")
-        if self.token is not None:
-            token = header.get("token")
-            if not isinstance(token, str) or not hmac.compare_digest(token.encode("utf-8", "surrogatepass"),
-                                                                     self.token.encode()):
-                raise ProtocolError("unauthorized: missing or wrong token")
         if header.get("op") not in OPS:
             raise ProtocolError(f"unknown op {header.get('op')!r}; expected one of {', '.join(OPS)}")
         seed = header.get("seed")
