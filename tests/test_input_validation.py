@@ -40,9 +40,10 @@ def test_an_unwritable_run_directory_is_found_at_start(tmp_path, capsys):
     assert err.startswith("error: cannot write to") and str(blocker) in err
 
 
-@pytest.mark.parametrize("args", [["eval", "x.safetensors", "--n-envs", "0"], ["eval", "x.safetensors", "--videos", "-1"],
-                                  ["demo", "--steps", "0"], ["collect", "--expert", "scripted", "--episodes", "0", "--out", "x.zarr"],
-                                  ["export", "x.safetensors", "--out", "e", "--steps", "0"]])
+@pytest.mark.parametrize("args", [
+    ["eval", "x.safetensors", "--n-envs", "0"], ["eval", "x.safetensors", "--videos", "-1"], ["demo", "--steps", "0"],
+    ["collect", "--expert", "scripted", "--episodes", "0", "--out", "x.zarr"],
+    ["export", "x.safetensors", "--out", "e", "--steps", "0"]])
 def test_command_line_numbers_are_range_checked(args, capsys):
     with pytest.raises(SystemExit) as exc:
         main(args)

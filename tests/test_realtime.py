@@ -16,7 +16,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from dpolicy.control.realtime import RealtimeRunner, SafetyLimits, SlowedPolicy
+from dpolicy.bench.realtime import SlowedPolicy
+from dpolicy.control.realtime import RealtimeRunner, SafetyLimits
 from dpolicy.control.robot import Command, Observation, Robot, SimulatedRobot
 
 RATE_HZ = 16.0
@@ -557,3 +558,159 @@ def test_realtime_pusht_with_a_diffusion_policy_at_a_higher_rate(make_tiny_diffu
     assert np.all(np.linalg.norm(np.diff(sent, axis=0), axis=1) <= robot.max_step + 1e-9)
     summary = report.summary()
     assert summary["latency_p50_ms"] == pytest.approx(125.0) and summary["ticks"] == 60
+
+
+# ------------------------------------------------------------------ garbage collection off the ticks
+@pytest.fixture
+def restore_gc():
+    """The runner freezes the heap and switches automatic collection off during runs: undo both after the test."""
+    import gc
+
+    enabled = gc.isenabled()
+    yield gc
+    gc.unfreeze()
+    if enabled:
+        gc.enable()
+
+
+class PhaseRobot(ClockRobot):
+    """A :class:`ClockRobot` that knows whether the loop is inside a tick (observed, command not sent yet)
+    and samples the collector's state while it is."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.phase = "before the first tick"
+        self.gc_states: set[tuple[bool, bool]] = set()  # (automatic collection on, heap frozen) inside ticks
+
+    def observe(self) -> Observation:
+        import gc
+
+        self.phase = "in a tick"
+        self.gc_states.add((gc.isenabled(), gc.get_freeze_count() > 0))
+        return super().observe()
+
+    def command(self, command: Command) -> None:
+        super().command(command)
+        self.phase = "after a command"
+
+
+class Cycle:
+    """Cyclic garbage: only the cyclic collector frees it."""
+
+    def __init__(self):
+        self.me = self
+
+
+class GarbagePolicy(ConstantChunkPolicy):
+    """Leaves ``n`` reference cycles behind per call (in the inference thread) and counts the live ones."""
+
+    def __init__(self, clock, n: int = 800):
+        super().__init__(clock, delay_s=PERIOD)
+        self.n = n
+        import weakref
+
+        self.alive = weakref.WeakSet()
+
+    def predict_action(self, obs):
+        for _ in range(self.n):
+            self.alive.add(Cycle())
+        return super().predict_action(obs)
+
+
+def test_garbage_is_collected_by_the_loop_between_ticks_never_inside_one_nor_in_the_worker(restore_gc):
+    gc = restore_gc
+    robot = PhaseRobot()
+    policy = GarbagePolicy(robot.clock)
+    collections = []  # (generation, on the loop thread, robot phase)
+    loop_thread = threading.get_ident()
+
+    def record(phase, info):
+        if phase == "start":
+            collections.append((info["generation"], threading.get_ident() == loop_thread, robot.phase))
+
+    gc.enable()
+    with _sim_runner(policy, robot, request_threshold=2) as runner:
+        release = runner.gc.release
+
+        def end_of_run():
+            robot.phase = "after the run"
+            release()
+
+        runner.gc.release = end_of_run
+        gc.callbacks.append(record)
+        try:
+            report = runner.run(max_ticks=120)
+        finally:
+            gc.callbacks.remove(record)
+        created = policy.count * policy.n
+        alive_at_the_end = len(policy.alive)
+    assert report.ticks == 120 and report.deadline_misses == 0 and policy.count >= 12
+    # before the first tick: one full collection (then the freeze); during the run, automatic collection off
+    assert collections[0] == (2, True, "before the first tick")
+    assert robot.gc_states == {(False, True)}
+    assert gc.isenabled()  # back on after the run
+    during = [c for c in collections[1:] if c[2] != "after the run"]
+    # the worker's garbage was collected during the run, by the loop, after a tick's command went out
+    assert len(during) == len(report.gc_s) >= 12
+    assert all(on_loop and phase == "after a command" and generation in (0, 1)
+               for generation, on_loop, phase in during)
+    assert {generation for generation, _, _ in during} == {0, 1}  # generation 1 every 10th time, as CPython
+    assert alive_at_the_end < created // 2
+
+
+def test_gc_control_off_leaves_the_collector_alone(restore_gc):
+    gc = restore_gc
+    gc.enable()
+    frozen = gc.get_freeze_count()
+    robot = PhaseRobot()
+    with _sim_runner(GarbagePolicy(robot.clock, n=10), robot, gc_control=False) as runner:
+        report = runner.run(max_ticks=20)
+    assert robot.gc_states == {(True, gc.get_freeze_count() > 0)} and gc.get_freeze_count() == frozen
+    assert report.gc_s == [] and report.summary()["gc_collections"] == 0
+
+
+def test_collect_garbage_freezes_the_heap_and_leaves_automatic_collection_on(restore_gc):
+    gc = restore_gc
+    gc.enable()
+    gc.unfreeze()
+    robot = ClockRobot()
+    with _sim_runner(ConstantChunkPolicy(), robot) as runner:
+        runner.collect_garbage()
+        assert gc.get_freeze_count() > 0 and gc.isenabled()
+        gc.disable()  # the caller's choice: the run leaves it off and collects nothing itself
+        report = runner.run(max_ticks=5)
+        assert not gc.isenabled() and report.gc_s == []
+
+
+def test_tick_work_covers_reading_the_robot():
+    class SlowSensor(ClockRobot):
+        def observe(self) -> Observation:
+            if len(self.commands) == 3:  # the 4th read takes 10 ms
+                self.clock.advance(0.01)
+            return super().observe()
+
+    robot = SlowSensor()
+    with _sim_runner(ConstantChunkPolicy(), robot) as runner:
+        report = runner.run(max_ticks=6)
+    assert report.busy_s[3] == pytest.approx(0.01) and max(report.busy_s[:3] + report.busy_s[4:]) == 0.0
+    assert report.lateness_s[3] == pytest.approx(0.01)
+
+
+def test_a_chunk_is_requested_only_after_the_ticks_command_has_gone_out():
+    # the woken inference thread would compete with the rest of the tick for the GIL and a CPU
+    robot = PhaseRobot()
+    policy = TimedPlanPolicy(robot.clock, delay_s=3 * PERIOD)
+    with _sim_runner(policy, robot) as runner:
+        submit, submitted = runner.worker.submit, []
+
+        def watched(request_id, window, stamp):
+            submitted.append((robot.phase, len(robot.commands), stamp))
+            submit(request_id, window, stamp)
+
+        runner.worker.submit = watched
+        report = runner.run(max_ticks=50)
+    assert len(submitted) == report.chunks_requested >= 7
+    assert all(phase == "after a command" for phase, _, _ in submitted)
+    # ... still planned from that tick's observation: the first request at tick 0, stamped with its capture
+    assert submitted[0][1:] == (1, report.records[0].tick_time)
+    assert report.latencies_s == [pytest.approx(3 * PERIOD)] * report.chunks_received

@@ -13,7 +13,7 @@ from dpolicy.experiments import recipe
 def test_default_config_is_the_one_cpu_hour_recipe():
     cfg = compose_config("pusht_lowdim", [])
     t = cfg.training
-    assert t.max_minutes <= 60 and t.num_threads == 2 and t.bf16 is True
+    assert t.max_minutes <= 60 and t.num_threads == 2 and t.bf16 == "auto"
     assert 0 < t.eval_every < t.max_steps  # periodic rollouts for the score-vs-minutes curve
     assert list(cfg.policy.down_dims) == [32, 64, 128] and t.max_steps == 70000  # the README's measured recipe
     assert t.lr == pytest.approx(3e-4)  # the README's measured recipe: 3x the paper's learning rate
@@ -91,3 +91,16 @@ def test_infer_bench_times_an_ibc_checkpoint_and_refuses_schedules_for_it(tmp_pa
     assert "IbcPolicy" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="diffusion"):
         infer.run(parser.parse_args(["--checkpoint", str(checkpoint), "--schedules", "ddim:5"]))
+
+
+def test_bf16_auto_follows_the_hardware():
+    import torch
+
+    from dpolicy.errors import ConfigError
+    from dpolicy.training.devices import bf16_is_fast, resolve_bf16
+
+    cpu = torch.device("cpu")
+    assert resolve_bf16("auto", cpu) is bf16_is_fast(cpu)
+    assert resolve_bf16(True, cpu) is True and resolve_bf16(False, cpu) is False
+    with pytest.raises(ConfigError, match="training.bf16"):
+        resolve_bf16("yes", cpu)

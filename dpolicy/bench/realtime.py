@@ -1,16 +1,18 @@
-"""`dpolicy bench realtime`: the real-time runner on the wall-clock Push-T robot vs synchronous evaluation.
+"""`dpolicy bench realtime`: the real-time runner on a wall-clock simulated robot vs synchronous evaluation.
 
-Plays Push-T episodes (seeds 100000, 100001, ...) on :class:`~dpolicy.control.robot.SimulatedPushTRobot`
+Plays episodes of the checkpoint's task (seeds 100000, 100001, ...) on a
+:class:`~dpolicy.control.robot.SimulatedRobot` around the task's environment (``task.env_id``,
+``task.env_kwargs``, ``task.max_steps``; commands capped to ``task.max_command_step`` per tick)
 with :class:`~dpolicy.control.realtime.RealtimeRunner` at 10 Hz until ``--steps`` control steps
 have run, then evaluates the same policy on the same seeds synchronously (``dpolicy eval``'s
 rollout, no clock). Prints per mode: deadline misses, held ticks, chunk latency p50/p99, command
-lateness and the score (mean over episodes of the best ``clip(coverage / 0.95, 0, 1)``) beside the
-synchronous score. ``--delay 0.3`` slows every chunk to 300 ms; ``--modes compensated,naive``
-runs with and without latency compensation.
+lateness, the loop's own work per tick (p99 and max) and the score (mean over episodes of the best
+reward, as ``dpolicy eval`` scores) beside the synchronous score. ``--delay 0.3`` slows every chunk
+to 300 ms; ``--modes compensated,naive`` runs with and without latency compensation.
 
 3000 steps at 10 Hz take 5 minutes of wall-clock time per mode: run it in the background.
-Without ``--checkpoint`` it uses ``runs/pusht_lowdim/checkpoints/latest.pt`` or
-``runs/demo/checkpoints/latest.pt`` when one exists, else an UNTRAINED policy of the CPU recipe
+Without ``--checkpoint`` it uses ``runs/pusht_lowdim/checkpoints/latest.safetensors`` or
+``runs/demo/checkpoints/latest.safetensors`` when one exists, else an UNTRAINED policy of the CPU recipe
 (latency figures are meaningful, scores are not).
 """
 
@@ -27,25 +29,46 @@ import numpy as np
 from dpolicy.paths import REPO_ROOT
 
 #: Checkpoints looked for when ``--checkpoint`` is not given, in order.
-DEFAULT_CHECKPOINTS = (REPO_ROOT / "runs" / "pusht_lowdim" / "checkpoints" / "latest.pt",
-                       REPO_ROOT / "runs" / "demo" / "checkpoints" / "latest.pt")
+DEFAULT_CHECKPOINTS = (REPO_ROOT / "runs" / "pusht_lowdim" / "checkpoints" / "latest.safetensors",
+                       REPO_ROOT / "runs" / "demo" / "checkpoints" / "latest.safetensors")
 MODES = ("compensated", "naive")
 
 
-def untrained_checkpoint(path: str | Path, config: str = "pusht_lowdim",
-                         overrides: tuple[str, ...] = ()) -> Path:
-    """Write a loadable checkpoint of an untrained policy built from ``configs/<config>.yaml``.
+class SlowedPolicy:
+    """A policy whose every ``predict_action`` takes at least ``delay_s`` (latency experiments)."""
+
+    def __init__(self, policy, delay_s: float):
+        if delay_s < 0:
+            raise ValueError(f"delay_s must be >= 0, got {delay_s}")
+        self.policy = policy
+        self.delay_s = float(delay_s)
+
+    def __getattr__(self, name):  # n_obs_steps, n_action_steps, ... of the wrapped policy
+        if name == "policy":
+            raise AttributeError(name)
+        return getattr(self.policy, name)
+
+    def predict_action(self, obs):
+        start = time.perf_counter()
+        out = self.policy.predict_action(obs)
+        remaining = self.delay_s - (time.perf_counter() - start)
+        if remaining > 0:
+            time.sleep(remaining)
+        return out
+
+
+def untrained_policy(config: str = "pusht_lowdim", overrides: tuple[str, ...] = ()):
+    """``(policy, cfg, shape_meta)``: an untrained policy built from ``configs/<config>.yaml``.
 
     The observation/action spec and the normalizer come from the task environment's spaces (no
     dataset is read), so latency can be measured anywhere. The weights are random.
     """
     import gymnasium as gym
-    from omegaconf import OmegaConf
 
     import envs  # noqa: F401 (registers the environments)
     from dpolicy.config import compose_config
     from dpolicy.data.normalizer import Normalizer
-    from dpolicy.training.checkpoint import build_policy, save_checkpoint
+    from dpolicy.training.checkpoint import build_policy
 
     cfg = compose_config(config, [*overrides, "task.dataset.path=null"])
     env = gym.make(cfg.task.env_id)
@@ -61,9 +84,19 @@ def untrained_checkpoint(path: str | Path, config: str = "pusht_lowdim",
             image_keys.append(key)
         bounds[key] = np.stack([space.low, space.high]).astype(np.float32)
     policy = build_policy(cfg, shape_meta, Normalizer.fit(bounds, image_keys=tuple(image_keys)))
-    payload = {"config": OmegaConf.to_container(cfg, resolve=True), "shape_meta": shape_meta, "step": 0,
-               "model": policy.state_dict(), "ema_model": None}
-    return save_checkpoint(path, payload)
+    return policy, cfg, shape_meta
+
+
+def untrained_checkpoint(path: str | Path, config: str = "pusht_lowdim",
+                         overrides: tuple[str, ...] = ()) -> Path:
+    """Write a loadable checkpoint of :func:`untrained_policy` (random weights) to ``path``."""
+    from omegaconf import OmegaConf
+
+    from dpolicy.training.checkpoint import save_checkpoint
+
+    policy, cfg, shape_meta = untrained_policy(config, overrides)
+    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "shape_meta": shape_meta, "step": 0}
+    return save_checkpoint(path, meta, policy.state_dict())
 
 
 def resolve_checkpoint(path: Path | None, scratch: Path) -> tuple[Path, bool]:
@@ -75,12 +108,12 @@ def resolve_checkpoint(path: Path | None, scratch: Path) -> tuple[Path, bool]:
     for candidate in DEFAULT_CHECKPOINTS:
         if candidate.is_file():
             return candidate, True
-    return untrained_checkpoint(scratch / "untrained_cpu_recipe.pt"), False
+    return untrained_checkpoint(scratch / "untrained_cpu_recipe.safetensors"), False
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="policy checkpoint (default: runs/pusht_lowdim or runs/demo latest.pt, "
+                        help="policy checkpoint (default: runs/pusht_lowdim or runs/demo latest.safetensors, "
                              "else an untrained one)")
     parser.add_argument("--steps", type=int, default=3000, help="control steps per mode (whole episodes)")
     parser.add_argument("--rate", type=float, default=10.0, help="command rate in Hz (the task's is 10)")
@@ -100,17 +133,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
 
 
-def run_realtime(policy, steps: int, rate_hz: float, compensated: bool, blend: int, obs_type: str,
-                 max_episode_steps: int, refill: bool = True, progress: bool = True) -> dict:
-    """Episodes from seed 100000 on until ``steps`` ticks ran; aggregated report and per-episode scores."""
-    from dpolicy.control.realtime import RealtimeRunner
-    from dpolicy.control.robot import SimulatedPushTRobot
-    from dpolicy.evaluation.protocols import TEST_START_SEED
-    from envs.pusht.geometry import reward_from_coverage
+def make_robot(cfg, rate_hz: float):
+    """The task's environment (``cfg.task``) as a :class:`~dpolicy.control.robot.SimulatedRobot` whose
+    simulated time runs ``rate_hz / task rate`` times faster than the clock, so one command per tick
+    is one control step of the task."""
+    from dpolicy.control.robot import SimulatedRobot
+    from dpolicy.evaluation.vector import episode_limit, make_env
 
-    robot = SimulatedPushTRobot(obs_type=obs_type, speed=rate_hz / 10.0, max_episode_steps=max_episode_steps)
+    env_id, env_kwargs = str(cfg.task.env_id), dict(cfg.task.get("env_kwargs") or {})
+    max_steps = cfg.task.get("max_steps")
+    max_steps = episode_limit(env_id, env_kwargs) if max_steps is None else int(max_steps)
+    env = make_env(env_id, env_kwargs, max_steps)
+    task_rate = env.metadata.get("render_fps")
+    if not task_rate:
+        env.close()
+        raise ValueError(f"{env_id}: the environment declares no control rate (metadata['render_fps'])")
+    max_step = cfg.task.get("max_command_step")
+    return SimulatedRobot(env, speed=rate_hz / float(task_rate), max_episode_steps=max_steps,
+                          max_step=None if max_step is None else float(max_step))
+
+
+def run_realtime(policy, robot, steps: int, rate_hz: float, compensated: bool, blend: int,
+                 refill: bool = True, progress: bool = True) -> dict:
+    """Episodes from seed 100000 on until ``steps`` ticks ran; aggregated report and per-episode scores.
+
+    The score of an episode is the robot's ``info["score"]`` (the best reward of the episode) and
+    its success whether ``info["is_success"]`` was ever reported (``first_success_step``).
+    """
+    from dpolicy.control.realtime import RealtimeRunner
+    from dpolicy.evaluation.protocols import TEST_START_SEED
+
     totals: dict[str, float] = {}
-    latencies, lateness, work, seeds, scores, successes = [], [], [], [], [], []
+    latencies, lateness, work, collections, seeds, scores, successes = [], [], [], [], [], [], []
     ticks = 0
 
     def episode_over(observation) -> bool:
@@ -124,12 +178,13 @@ def run_realtime(policy, steps: int, rate_hz: float, compensated: bool, blend: i
                         refill_from_prediction=refill) as runner:
         while ticks < steps:
             seed = TEST_START_SEED + len(seeds)
+            runner.collect_garbage()  # the whole-heap collection before the episode starts, not in it
             robot.reset(seed=seed)
             report = runner.run(until=episode_over)
             final = robot.observe().info
             runner.worker.wait_idle(timeout=30.0)  # a request of the finished episode, discarded
             seeds.append(seed)
-            scores.append(reward_from_coverage(final["max_coverage"]))
+            scores.append(float(final["score"]) if np.isfinite(final["score"]) else 0.0)
             successes.append(final["first_success_step"] > 0)
             ticks += report.ticks
             bar.update(report.ticks)
@@ -140,6 +195,7 @@ def run_realtime(policy, steps: int, rate_hz: float, compensated: bool, blend: i
             latencies += report.latencies_s
             lateness += report.lateness_s
             work += report.busy_s
+            collections += report.gc_s
     bar.close()
 
     def pct(values, q):
@@ -152,7 +208,8 @@ def run_realtime(policy, steps: int, rate_hz: float, compensated: bool, blend: i
             "latency_p50_ms": pct(latencies, 50), "latency_p99_ms": pct(latencies, 99),
             "lateness_p50_ms": pct(lateness, 50), "lateness_p99_ms": pct(lateness, 99),
             "max_lateness_ms": max(lateness, default=float("nan")) * 1000.0,
-            "tick_work_p99_ms": pct(work, 99), "max_tick_work_ms": max(work, default=float("nan")) * 1000.0}
+            "tick_work_p99_ms": pct(work, 99), "max_tick_work_ms": max(work, default=float("nan")) * 1000.0,
+            "max_gc_ms": max(collections, default=0.0) * 1000.0}
 
 
 def format_mode(f: dict) -> str:
@@ -168,7 +225,10 @@ def format_mode(f: dict) -> str:
         f"  chunk latency    p50 {f['latency_p50_ms']:.1f} ms, p99 {f['latency_p99_ms']:.1f} ms "
         "(observation capture -> chunk ready)",
         f"  command lateness p50 {f['lateness_p50_ms']:.2f} ms, p99 {f['lateness_p99_ms']:.2f} ms, max "
-        f"{f['max_lateness_ms']:.1f} ms; tick work max {f['max_tick_work_ms']:.1f} ms",
+        f"{f['max_lateness_ms']:.1f} ms (tick due -> command sent)",
+        f"  tick work        p99 {f['tick_work_p99_ms']:.2f} ms, max {f['max_tick_work_ms']:.1f} ms (the loop's own: "
+        f"wake-up -> command sent); {f.get('gc_collections', 0)} young gc collections after commands, "
+        f"max {f['max_gc_ms']:.1f} ms",
         f"  score            {f['score']:.3f} (success {f['success_rate']:.2f})",
     ])
 
@@ -176,7 +236,6 @@ def format_mode(f: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from dpolicy.control.realtime import SlowedPolicy
     from dpolicy.evaluation.rollout import evaluate
     from dpolicy.training.checkpoint import load_policy
 
@@ -191,8 +250,9 @@ def run(args: argparse.Namespace) -> int:
     if args.scheduler is not None or args.sampling_steps is not None:
         policy.set_inference(args.scheduler, args.sampling_steps)
     env_id = str(cfg.task.env_id)
-    obs_type = "image" if "Image" in env_id else "keypoints"
-    max_steps = int(cfg.task.get("max_steps", 300))
+    env_kwargs = dict(cfg.task.get("env_kwargs") or {})
+    max_steps = cfg.task.get("max_steps")
+    max_steps = None if max_steps is None else int(max_steps)
     label = str(checkpoint) if trained else "UNTRAINED CPU-recipe policy (random weights)"
     sampler = (f"{policy.inference_scheduler_name} x{policy.num_inference_steps}"
                if hasattr(policy, "inference_scheduler_name") else type(policy).__name__)
@@ -205,15 +265,19 @@ def run(args: argparse.Namespace) -> int:
                "refill_from_prediction": not args.no_refill, "modes": []}
     for mode in modes:
         start = time.perf_counter()
-        figures = run_realtime(served, args.steps, args.rate, mode == "compensated", args.blend, obs_type,
-                               max_steps, refill=not args.no_refill)
+        robot = make_robot(cfg, args.rate)
+        try:
+            figures = run_realtime(served, robot, args.steps, args.rate, mode == "compensated", args.blend,
+                                   refill=not args.no_refill)
+        finally:
+            robot.env.close()
         figures["wall_s"] = time.perf_counter() - start
         results["modes"].append(figures)
         print(format_mode(figures))
     if not args.no_sync:
         seeds = results["modes"][0]["seeds"]
-        sync = evaluate(policy, env_id, seeds, vector="sync", n_envs=min(len(seeds), 10), max_steps=max_steps,
-                        progress=True)
+        sync = evaluate(policy, env_id, seeds, env_kwargs=env_kwargs, vector="sync", n_envs=min(len(seeds), 10),
+                        max_steps=max_steps, progress=True)
         results["sync"] = {"score": sync["score"], "success_rate": sync["success_rate"], "seeds": seeds}
         print(f"\n[synchronous evaluation, same {len(seeds)} seeds] score {sync['score']:.3f} "
               f"(success {sync['success_rate']:.2f})")

@@ -19,13 +19,18 @@ are those of :class:`~dpolicy.control.controller.ChunkController`; this module a
   (:class:`SafetyLimits`); chunks with NaN/inf are rejected; while no action is available the
   last safe command is held; a watchdog reports when a requested chunk has not arrived within
   ``watchdog_s`` and holds until one does; :meth:`RealtimeRunner.stop` and ``close`` shut down
-  cleanly and leave the robot holding.
+  cleanly and leave the robot holding;
+- garbage collection stays out of the ticks: the heap is frozen before a run's first tick and
+  the loop collects the young generations itself after a tick's command has gone out; a full
+  collection (hundreds of ms with torch loaded, whichever thread starts it) never runs during a
+  run (:class:`LoopGarbageCollector`).
 
 Everything the loop did is in the :class:`RealtimeReport` that :meth:`RealtimeRunner.run` returns.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import threading
@@ -207,27 +212,61 @@ class InferenceWorker:
                 self._cond.notify_all()
 
 
-class SlowedPolicy:
-    """A policy whose every ``predict_action`` takes at least ``delay_s`` (latency experiments)."""
+# ---------------------------------------------------------------------------------------- garbage collection
+class LoopGarbageCollector:
+    """Keeps Python's cyclic garbage collector out of the control loop's ticks.
 
-    def __init__(self, policy, delay_s: float):
-        if delay_s < 0:
-            raise ValueError(f"delay_s must be >= 0, got {delay_s}")
-        self.policy = policy
-        self.delay_s = float(delay_s)
+    A collection holds the GIL from start to end whichever thread triggers it, so the loop
+    waits for it even when the inference thread's allocations started it. The young
+    generations are quick (well under a millisecond, a few ms at most), but a full (generation-2)
+    collection walks every tracked object: with torch and a policy loaded that is ~400k objects
+    and 100-500 ms on a 2-core machine, longer than a tick. Hence, while the loop runs:
 
-    def __getattr__(self, name):  # n_obs_steps, n_action_steps, ... of the wrapped policy
-        if name == "policy":
-            raise AttributeError(name)
-        return getattr(self.policy, name)
+    - :meth:`freeze` (at the start of a run, before the first tick): a full collection, then
+      ``gc.freeze()``: every object alive now (modules, torch, the policy, the caller's data)
+      moves to the permanent generation, which later collections skip, and automatic collection
+      is switched off (``gc.disable()``) for the run. A later freeze (the next run) collects only
+      what was allocated since the previous one, so it is cheap.
+    - :meth:`collect_young` (after each tick's command has gone out, in the slack before the next
+      tick): the young generations when CPython itself would have collected them (generation 0
+      after ``threshold0`` net allocations, generation 1 every ``threshold1``-th time); never
+      generation 2.
+    - :meth:`release` (when the run ends): automatic collection is switched back on (if it was on).
+      The freeze stays: frozen objects are still freed by reference counting, only reference
+      cycles among them are never collected.
 
-    def predict_action(self, obs):
-        start = time.perf_counter()
-        out = self.policy.predict_action(obs)
-        remaining = self.delay_s - (time.perf_counter() - start)
-        if remaining > 0:
-            time.sleep(remaining)
-        return out
+    When automatic collection was already off (the caller disabled it) the young collections
+    are left out too.
+    """
+
+    def __init__(self):
+        self._resume = False  # whether to re-enable automatic collection at release()
+
+    def freeze(self) -> None:
+        """A full collection and ``gc.freeze()``; automatic collection off until :meth:`release`."""
+        enabled = gc.isenabled()
+        gc.disable()  # no automatic collection in between (e.g. from the inference thread)
+        gc.collect()
+        gc.freeze()
+        self._resume = self._resume or enabled
+
+    def collect_young(self) -> int | None:
+        """Collect generation 0 (or 1) if CPython would have by now; the generation collected, or None."""
+        if not self._resume:
+            return None
+        threshold0, threshold1, _ = gc.get_threshold()
+        count0, count1, _ = gc.get_count()
+        if threshold0 <= 0 or count0 <= threshold0:
+            return None
+        generation = 1 if count1 > threshold1 else 0  # as CPython's own choice between 0 and 1
+        gc.collect(generation)
+        return generation
+
+    def release(self) -> None:
+        """Switch automatic collection back on if it was on before :meth:`freeze`."""
+        if self._resume:
+            self._resume = False
+            gc.enable()
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -273,7 +312,8 @@ class RealtimeReport:
     wall_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)  # per chunk: observation capture -> ready
     lateness_s: list[float] = field(default_factory=list)  # per tick: command sent - tick due
-    busy_s: list[float] = field(default_factory=list)  # per tick: time spent in the tick
+    busy_s: list[float] = field(default_factory=list)  # per tick: the loop's work, wake-up -> command sent
+    gc_s: list[float] = field(default_factory=list)  # per young collection the loop ran after a command
     records: list[TickRecord] = field(default_factory=list)
     events: list[RealtimeEvent] = field(default_factory=list)
 
@@ -291,7 +331,9 @@ class RealtimeReport:
                 "lateness_p50_ms": pct(self.lateness_s, 50), "lateness_p99_ms": pct(self.lateness_s, 99),
                 "max_lateness_ms": max(self.lateness_s, default=float("nan")) * 1000.0,
                 "tick_work_p99_ms": pct(self.busy_s, 99),
-                "max_tick_work_ms": max(self.busy_s, default=float("nan")) * 1000.0, "wall_s": self.wall_s}
+                "max_tick_work_ms": max(self.busy_s, default=float("nan")) * 1000.0,
+                "gc_collections": len(self.gc_s), "max_gc_ms": max(self.gc_s, default=0.0) * 1000.0,
+                "wall_s": self.wall_s}
 
 
 # ---------------------------------------------------------------------------------------- runner
@@ -322,6 +364,10 @@ class RealtimeRunner:
             :meth:`stop`'s event, so a stop cuts the wait short. Pass one together with a fake
             ``robot.clock`` (a sleep that advances it) to run the loop in simulated time; the
             loop then checks :meth:`stop` after every sleep.
+        gc_control: keep Python's garbage collector out of the ticks (default): a full collection
+            and ``gc.freeze()`` before the first tick of every run, automatic collection off during
+            the run, the young generations collected by the loop after a tick's command has gone
+            out (see :class:`LoopGarbageCollector`). False leaves the collector alone.
     """
 
     def __init__(self, policy, robot: Robot, rate_hz: float = 10.0, *, latency_compensation: bool = True,
@@ -329,7 +375,7 @@ class RealtimeRunner:
                  refill_from_prediction: bool = True, limits: SafetyLimits | None = None,
                  watchdog_s: float = 1.0, deadline_s: float | None = None,
                  on_event: Callable[[RealtimeEvent], None] | None = None,
-                 sleep: Callable[[float], None] | None = None):
+                 sleep: Callable[[float], None] | None = None, gc_control: bool = True):
         if not rate_hz > 0:
             raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
         if request_threshold is not None and request_threshold < 0:
@@ -352,6 +398,7 @@ class RealtimeRunner:
         self._sleep = sleep
         self.refill_from_prediction = bool(refill_from_prediction)
         self.worker = InferenceWorker(policy, self.clock)
+        self.gc = LoopGarbageCollector() if gc_control else None
         self._stop = threading.Event()
         self._next_request_id = 0
         self._run_first_request = 0
@@ -368,6 +415,17 @@ class RealtimeRunner:
         self._closed = True
         self._stop.set()
         return self.worker.close(timeout)
+
+    def collect_garbage(self) -> None:
+        """A full garbage collection and ``gc.freeze()`` now (with ``gc_control``; else nothing).
+
+        :meth:`run` does the same before its first tick; calling this before resetting the
+        robot keeps the first collection, the long one (the whole heap), from delaying the
+        episode's start. Later ones only walk what was allocated since.
+        """
+        if self.gc is not None:
+            self.gc.freeze()
+            self.gc.release()
 
     def __enter__(self) -> RealtimeRunner:
         return self
@@ -395,6 +453,8 @@ class RealtimeRunner:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=max_ticks, desc="realtime", unit="tick", dynamic_ncols=True, mininterval=1.0)
+        if self.gc is not None:
+            self.gc.freeze()  # before the run's clock starts: no tick pays for it
         start = self.clock()
         n = 0
         try:
@@ -407,7 +467,8 @@ class RealtimeRunner:
                 delay = tick_time - self.clock()
                 if delay > 0 and self._wait(delay):
                     break
-                behind = int((self.clock() - tick_time) // self.period_s)
+                woke = self.clock()
+                behind = int((woke - tick_time) // self.period_s)
                 if behind > 0:  # a whole period late: skip the missed ticks instead of bursting
                     n += behind
                     tick_time = start + n * self.period_s
@@ -417,8 +478,12 @@ class RealtimeRunner:
                 observation = self.robot.observe()
                 if until is not None and until(observation):
                     break
-                self._tick(n, tick_time, observation)
+                self._tick(n, tick_time, observation, woke)
                 n += 1
+                if self.gc is not None:  # the command is out: the slack before the next tick is ours
+                    collect_start = self.clock()
+                    if self.gc.collect_young() is not None:
+                        report.gc_s.append(self.clock() - collect_start)
                 if bar is not None:
                     bar.update(1)
                     if n % 50 == 0:
@@ -428,6 +493,8 @@ class RealtimeRunner:
                 bar.close()
             report.wall_s = self.clock() - start
             self._hold_at_exit()
+            if self.gc is not None:
+                self.gc.release()
         return report
 
     # ------------------------------------------------------------------ one run
@@ -462,13 +529,13 @@ class RealtimeRunner:
         if self.on_event is not None:
             self.on_event(event)
 
-    def _tick(self, n: int, tick_time: float, observation: Observation) -> None:
+    def _tick(self, n: int, tick_time: float, observation: Observation, work_start: float) -> None:
+        """One tick's work on ``observation``; ``work_start``: when the loop woke up for it."""
         report = self._report
-        work_start = self.clock()
         self.controller.observe({key: np.asarray(value)[None] for key, value in observation.data.items()})
         self._drop_stale(tick_time)
         self._receive(tick_time)
-        self._maybe_request(observation.timestamp)
+        request = self._plan_request(observation.timestamp)
         self._check_watchdog(tick_time)
 
         action, action_time, chunk_id = self._pop_action()
@@ -493,6 +560,10 @@ class RealtimeRunner:
         if sent - tick_time > self.deadline_s:
             report.deadline_misses += 1
         report.records.append(TickRecord(n, tick_time, sent, safe, action_time, chunk_id, held))
+        if request is not None:
+            # Only now, with the command out: the woken inference thread competes for the GIL (and a
+            # CPU) from its first instruction on, and would otherwise delay the rest of the tick.
+            self.worker.submit(*request)
 
     # ------------------------------------------------------------------ the plan
     def _queued(self) -> int:
@@ -592,15 +663,20 @@ class RealtimeRunner:
         latency = max(self._recent_latencies, default=0.0)
         return int(math.ceil(latency / self.period_s)) + 1
 
-    def _maybe_request(self, stamp: float) -> None:
+    def _plan_request(self, stamp: float) -> tuple[int, dict, float] | None:
+        """``(request id, observation window, stamp)`` when the next chunk is due, else None.
+
+        The request is counted (and the watchdog's wait starts) now; :meth:`_tick` submits it to
+        the worker after the tick's command has gone out.
+        """
         if self.worker.busy or self._queued() > self._threshold():
-            return
+            return None
         request_id = self._next_request_id
         self._next_request_id += 1
-        self.worker.submit(request_id, self.controller.observation_window([0]), stamp)
         self._report.chunks_requested += 1
         if self._waiting_since is None:
             self._waiting_since = stamp
+        return request_id, self.controller.observation_window(), stamp
 
     def _check_watchdog(self, tick_time: float) -> None:
         if self._watchdog_tripped or self._waiting_since is None:
