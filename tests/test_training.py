@@ -16,6 +16,7 @@ import torch
 
 from dpolicy.config import compose_config
 from dpolicy.data.replay_buffer import ReplayBuffer
+from dpolicy.errors import ConfigError
 from dpolicy.training.checkpoint import load_policy, read_checkpoint
 from dpolicy.training.logging import read_log
 from dpolicy.training.trainer import Trainer, warmup_cosine
@@ -343,7 +344,7 @@ def test_periodic_rollouts_keep_the_top_k_checkpoints(toy_dataset, tmp_path):
 def test_a_new_run_does_not_overwrite_an_existing_one(toy_dataset, tmp_path):
     run = tmp_path / "run"
     Trainer(tiny_cfg(toy_dataset, run, "training.max_steps=10")).train()
-    with pytest.raises(FileExistsError, match="resume=true"):
+    with pytest.raises(ConfigError, match="resume=true"):
         Trainer(tiny_cfg(toy_dataset, run, "training.max_steps=10"))
 
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from dpolicy.config import check_writable, validate_config
 from dpolicy.data.datasets import build_dataset
+from dpolicy.errors import ConfigError
 from dpolicy.training.checkpoint import LATEST, build_policy, read_checkpoint, save_checkpoint
 from dpolicy.training.devices import resolve_bf16, resolve_device
 from dpolicy.training.logging import RunLogger
@@ -87,8 +88,8 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         if not cfg.resume and (self.ckpt_dir / LATEST).exists():
-            raise FileExistsError(f"{self.run_dir} already holds a run ({self.ckpt_dir / LATEST}): continue it "
-                                  f"with resume=true or choose another run_dir")
+            raise ConfigError(f"{self.run_dir} already holds a run ({self.ckpt_dir / LATEST}): continue it "
+                              f"with resume=true or choose another run_dir")
         self.ctx = _DistributedContext(str(cfg.device))
         if self.ctx.is_main:
             check_writable(self.ckpt_dir)
