@@ -171,11 +171,13 @@ class DemoDataset:
 _worker_state: dict = {}
 
 
-def _init_worker(images: bool, parent_pid: int) -> None:
+def _init_worker(images: bool, parent_pid: int | None = None) -> None:
+    """Set up a worker's environment and expert; a pool worker (``parent_pid``) ends with its parent."""
     from dpolicy.processes import exit_with_parent
     from envs.pusht.env import PushTEnv
 
-    exit_with_parent(parent_pid)
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     from envs.pusht.expert import ScriptedExpert
 
     _worker_state["env"] = PushTEnv(obs_type="state")

@@ -506,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
     from dpolicy.bench.realtime import resolve_checkpoint
     from dpolicy.control.client import PolicyClient
     from dpolicy.errors import UsageError
-    from dpolicy.training.checkpoint import read_checkpoint
+    from dpolicy.training.checkpoint import load_policy
 
     clients = [int(c) for c in args.clients.split(",") if c.strip()]
     if not clients or min(clients) < 1:
@@ -528,7 +528,7 @@ def run(args: argparse.Namespace) -> int:
         options += ["--max-windows", str(args.max_windows)]
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint, trained = resolve_checkpoint(args.checkpoint, Path(scratch))
-        read_checkpoint(checkpoint)  # a bad file fails here, with its CheckpointError, not in the server
+        load_policy(checkpoint, device="cpu")  # a bad file fails here, with its CheckpointError, not in the server
         process, address = _start_server(checkpoint, args.threads, tuple(options))
         try:
             info = _wait_for_server(process, address)  # waits for the server to load the checkpoint
