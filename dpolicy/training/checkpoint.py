@@ -265,13 +265,23 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         head = f.read(8)
         declared = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
         blob = head + f.read(min(declared, MAX_HEADER_BYTES) + 1 if len(head) == 8 else 0)
-    meta = _read_header(path, blob, size)
-    _check_document(path, meta)
+    _read_header(path, blob, size)  # legacy, truncated or foreign files fail here, before safetensors parses
     try:
         handle = safe_open(str(path), framework="pt", device="cpu")
         names = list(handle.keys())
+        # The document comes from the opened (memory-mapped) file itself, so a checkpoint replaced
+        # meanwhile (a training run writing latest.safetensors) cannot mix two versions.
+        header = handle.metadata() or {}
     except (SafetensorError, ValueError, RuntimeError, OverflowError, OSError) as exc:
         raise CheckpointError(f"{path}: corrupt tensor data ({str(exc).splitlines()[0]})") from None
+    try:
+        meta = json.loads(header[META_KEY])
+    except (KeyError, ValueError, TypeError):
+        raise CheckpointError(f"{path}: not a dpolicy checkpoint (no readable '{META_KEY}' metadata)") from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {meta.get('format') if isinstance(meta, dict) else meta!r}, "
+                              f"expected {CHECKPOINT_FORMAT!r}")
+    _check_document(path, meta)
     layout: dict[str, list[str]] = {group: [] for group in GROUPS}
     for key in names:
         group, _, name = key.partition(".")
