@@ -6,6 +6,10 @@ Configs live in the repository's top-level ``configs/`` directory (shipped in th
 ``task/``, ``policy/`` and ``training/``. Two resolvers name datasets without hard-coding
 paths: ``${dataset:human}`` (the original human Push-T demonstrations, see dpolicy.paths) and
 ``${dataset:embedded}`` (the expert dataset shipped in data/).
+
+A user's own configs live in a folder of the same layout (``DIR/task/my_robot.yaml``,
+``DIR/my_robot.yaml``, ...) passed as ``config_dir`` (``dpolicy train --config-dir DIR``): its groups
+extend the package's, and its experiment files may use the package's groups and ``common``.
 """
 
 from __future__ import annotations
@@ -39,22 +43,40 @@ if not OmegaConf.has_resolver("dataset"):
     OmegaConf.register_new_resolver("dataset", _dataset_path)
 
 
-def available_configs() -> list[str]:
-    """Names of the experiment configs (``configs/<name>.yaml``)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem not in SHARED_CONFIGS)
+def available_configs(config_dir: str | Path | None = None) -> list[str]:
+    """Names of the experiment configs (``configs/<name>.yaml``, and ``config_dir/<name>.yaml``)."""
+    folders = [CONFIG_DIR] + ([Path(config_dir)] if config_dir is not None else [])
+    return sorted({p.stem for folder in folders for p in folder.glob("*.yaml") if p.stem not in SHARED_CONFIGS})
 
 
-def compose_config(config_name: str = DEFAULT_CONFIG, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose ``configs/<config_name>.yaml`` with hydra-style ``key=value`` overrides."""
+def compose_config(config_name: str = DEFAULT_CONFIG, overrides: list[str] | tuple[str, ...] = (),
+                   config_dir: str | Path | None = None) -> DictConfig:
+    """Compose ``configs/<config_name>.yaml`` with hydra-style ``key=value`` overrides.
+
+    ``config_dir``: a folder of the user's configs, searched as well (see the module docstring).
+    """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
 
-    if config_name not in available_configs():
-        raise ConfigError(f"unknown config {config_name!r} in {CONFIG_DIR}; expected one of: "
-                          f"{', '.join(available_configs())}")
+    main, extra = CONFIG_DIR.resolve(), None
+    if config_dir is not None:
+        user = Path(config_dir).expanduser().resolve()
+        if not user.is_dir():
+            raise ConfigError(f"config folder {config_dir} does not exist")
+        # Hydra finds an experiment file only in its primary folder; the other one is searched for groups.
+        main, extra = (user, main) if (user / f"{config_name}.yaml").is_file() else (main, user)
+    if config_name not in available_configs(config_dir):
+        where = CONFIG_DIR if config_dir is None else f"{CONFIG_DIR} or {config_dir}"
+        raise ConfigError(f"unknown config {config_name!r} in {where}; expected one of: "
+                          f"{', '.join(available_configs(config_dir))}")
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR.resolve()), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides))
+    search = [f"hydra.searchpath=[file://{extra}]"] if extra is not None else []
+    try:
+        with initialize_config_dir(config_dir=str(main), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=[*search, *overrides])
+    except HydraException as exc:  # e.g. task=my_robot without a task/my_robot.yaml anywhere
+        raise ConfigError(str(exc).splitlines()[0]) from None
     return cfg
 
 
@@ -83,6 +105,8 @@ NUMERIC_OPTIONS: tuple[tuple[str, type, float | None, float | None, bool], ...] 
     ("training.eval_every", int, 0, None, False),
     ("training.eval.n_envs", int, 1, None, True),
     ("training.eval.n_videos", int, 0, None, False),
+    ("training.eval.offline_samples", int, 1, None, False),
+    ("training.eval.offline_windows", int, 1, None, False),
     ("training.checkpoint_every", int, 1, None, False),
     ("training.top_k", int, 0, None, False),
     ("training.num_threads", int, 1, None, True),

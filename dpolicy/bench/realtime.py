@@ -10,6 +10,10 @@ lateness, the loop's own work per tick (p99 and max) and the score (mean over ep
 reward, as ``dpolicy eval`` scores) beside the synchronous score. ``--delay 0.3`` slows every chunk
 to 300 ms; ``--modes compensated,naive`` runs with and without latency compensation.
 
+With ``--server ADDRESS`` the chunks come from a running ``dpolicy serve`` instead of a policy in
+this process (the checkpoint still names the task, and the synchronous evaluation still runs
+locally); ``--rate`` sets the control rate, e.g. 20 for a 20 Hz arm.
+
 3000 steps at 10 Hz take 5 minutes of wall-clock time per mode: run it in the background.
 Without ``--checkpoint`` it uses ``runs/pusht_lowdim/checkpoints/latest.safetensors`` or
 ``runs/demo/checkpoints/latest.safetensors`` when one exists, else an UNTRAINED policy of the CPU recipe
@@ -115,6 +119,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="policy checkpoint (default: runs/pusht_lowdim or runs/demo latest.safetensors, "
                              "else an untrained one)")
+    parser.add_argument("--server", default=None,
+                        help="plan with a running `dpolicy serve` at this address (e.g. tcp://127.0.0.1:5555; "
+                             "token from DPOLICY_SERVE_TOKEN) instead of in this process")
     parser.add_argument("--steps", type=int, default=3000, help="control steps per mode (whole episodes)")
     parser.add_argument("--rate", type=float, default=10.0, help="command rate in Hz (the task's is 10)")
     parser.add_argument("--delay", type=float, default=0.0,
@@ -259,8 +266,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"policy: {label}; {sampler}; {args.threads} torch thread(s); rate {args.rate:g} Hz; "
           f"extra delay {args.delay * 1000:.0f} ms per chunk; blend {args.blend}; "
           f"refill from prediction {'off' if args.no_refill else 'on'}")
-    served = SlowedPolicy(policy, args.delay) if args.delay > 0 else policy
-    results = {"checkpoint": str(checkpoint), "trained": trained, "rate_hz": args.rate, "delay_s": args.delay,
+    planner = policy
+    if args.server is not None:
+        from dpolicy.control.client import PolicyClient
+
+        planner = PolicyClient(args.server)
+        print(f"planning with the policy server at {args.server}: {planner.info().get('checkpoint', '?')}")
+    served = SlowedPolicy(planner, args.delay) if args.delay > 0 else planner
+    results = {"checkpoint": str(checkpoint), "trained": trained, "server": args.server, "rate_hz": args.rate,
+               "delay_s": args.delay,
                "threads": args.threads, "sampler": sampler, "blend": args.blend,
                "refill_from_prediction": not args.no_refill, "modes": []}
     for mode in modes:
@@ -274,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
         figures["wall_s"] = time.perf_counter() - start
         results["modes"].append(figures)
         print(format_mode(figures))
+    if planner is not policy:
+        planner.close()
     if not args.no_sync:
         seeds = results["modes"][0]["seeds"]
         sync = evaluate(policy, env_id, seeds, env_kwargs=env_kwargs, vector="sync", n_envs=min(len(seeds), 10),

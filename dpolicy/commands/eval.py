@@ -1,8 +1,12 @@
-"""`dpolicy eval CHECKPOINT`: roll a trained policy out in its task's simulator.
+"""`dpolicy eval CHECKPOINT`: roll a trained policy out in its task's simulator, or score it offline.
 
 The environment, its arguments and the episode limit come from the checkpoint's config
 (``task.env_id``, ``task.env_kwargs``, ``task.max_steps``); the command line can override them.
 Writes metrics.json, episodes.csv, final_frames.png and videos into ``--out``.
+
+A task without a simulator (``task.env_id: null``), or ``--offline``, is evaluated on the held-out
+episodes of its dataset instead (or on every episode of ``--dataset``): predicted chunks against
+the demonstrated actions (:mod:`dpolicy.evaluation.offline`); metrics.json only.
 """
 
 from __future__ import annotations
@@ -51,12 +55,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env-id", default=None, help="override the checkpoint's task.env_id")
     parser.add_argument("--seed", type=at_least(0), default=0, help="seed of the policy's sampling noise (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    offline = parser.add_argument_group("offline evaluation (tasks without a simulator)")
+    offline.add_argument("--offline", action="store_true",
+                         help="score predicted chunks against held-out demonstrations instead of rolling out "
+                              "(the default when the checkpoint's task has no env_id)")
+    offline.add_argument("--dataset", type=Path, default=None,
+                         help="evaluate on every episode of this zarr dataset (same layout as the training data) "
+                              "instead of the training run's held-out episodes")
+    offline.add_argument("--samples", type=at_least(1), default=8,
+                         help="chunks sampled per window; the best is compared (default 8)")
+    offline.add_argument("--windows", type=at_least(1), default=256,
+                         help="windows spread over the episodes (default 256)")
 
 
 def default_out_dir(checkpoint: Path, protocol: str) -> Path:
     """``runs/x/checkpoints/latest.safetensors`` -> ``runs/x/eval/latest_<protocol>``."""
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
-    tag = protocol if protocol in PROTOCOLS else "seeds"
+    tag = protocol if protocol in (*PROTOCOLS, "offline") else "seeds"
     return run_dir / "eval" / f"{checkpoint.stem}_{tag}"
 
 
@@ -84,6 +99,31 @@ def _sampler_info(policy) -> dict:
             "inference_steps": getattr(policy, "num_inference_steps", None)}
 
 
+def run_offline(args: argparse.Namespace, policy, cfg) -> int:
+    """Offline evaluation of a loaded policy (see the module docstring)."""
+    from omegaconf import OmegaConf
+
+    from dpolicy.data.datasets import build_dataset
+    from dpolicy.evaluation.offline import evaluate_offline, format_offline_summary
+    from dpolicy.evaluation.report import write_metrics
+
+    dataset_cfg = OmegaConf.to_container(cfg.task.dataset, resolve=True)
+    if args.dataset is not None:
+        dataset_cfg.update(path=str(args.dataset), val_ratio=0.0, max_train_episodes=None)
+        dataset = build_dataset(dataset_cfg)
+    else:
+        dataset = build_dataset(dataset_cfg).get_validation_dataset()
+    metrics = evaluate_offline(policy, dataset, n_samples=args.samples, max_windows=args.windows, seed=args.seed)
+    metrics.update(checkpoint=str(args.checkpoint), dataset=str(dataset.path), use_ema=not args.no_ema,
+                   **_sampler_info(policy))
+    out_dir = args.out or default_out_dir(args.checkpoint, "offline")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(out_dir / "metrics.json", metrics)
+    print(format_offline_summary(metrics))
+    print(f"written to      {out_dir / 'metrics.json'}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
@@ -106,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise SystemExit(f"--action-steps: {err}") from None
     task = cfg.task
+    if args.offline or args.dataset is not None or not (args.env_id or task.get("env_id")):
+        return run_offline(args, policy, cfg)
     env_id = args.env_id or str(task.env_id)
     env_kwargs = OmegaConf.to_container(task.env_kwargs, resolve=True) if task.get("env_kwargs") else {}
     max_steps = args.max_steps or task.get("max_steps")

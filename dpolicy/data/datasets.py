@@ -2,8 +2,9 @@
 
 One generic class, :class:`WindowDataset`, is driven by a description of the observation
 keys (:class:`ObsSource`: which raw arrays to read, their per-step shapes, how to combine
-them); the Push-T presets :func:`make_pusht_lowdim_dataset` and
-:func:`make_pusht_image_dataset` are two such descriptions.
+them). A task config either declares its keys (:func:`make_dataset`: each observation key's
+source arrays, per-step shape, type and frames, and the action's) or names a preset written in
+Python: :func:`make_pusht_lowdim_dataset` and :func:`make_pusht_image_dataset`.
 
 At construction the raw arrays of the used episodes (training + validation) are read once
 into memory -- images as uint8, converted chunk by chunk -- and every observation key is
@@ -14,7 +15,7 @@ each window, actions all ``horizon`` steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,12 +44,15 @@ class ObsSource:
     inputs: Mapping[str, tuple[int, ...]]
     build: Callable[..., np.ndarray] = _first_input
     type: str = "low_dim"
+    frames: int | None = None  # newest frames of the window the policy encodes (None: all n_obs_steps)
 
     def __post_init__(self):
         if self.type not in ("low_dim", "rgb"):
             raise ValueError(f"ObsSource.type must be 'low_dim' or 'rgb', got {self.type!r}")
         if not self.inputs:
             raise ValueError("ObsSource needs at least one input array")
+        if self.frames is not None and self.frames < 1:
+            raise ValueError(f"ObsSource.frames must be >= 1, got {self.frames}")
 
 
 @dataclass
@@ -78,7 +82,7 @@ class WindowDataset(torch.utils.data.Dataset):
     :meth:`get_validation_dataset` gives the held-out episodes (split by episode, seeded).
     """
 
-    def __init__(self, path: str | Path, obs: Mapping[str, ObsSource], *, action_key: str = "action",
+    def __init__(self, path: str | Path, obs: Mapping[str, ObsSource], *, action_key: str | ObsSource = "action",
                  action_shape: tuple[int, ...] = (2,), horizon: int = 16, n_obs_steps: int = 2,
                  n_action_steps: int = 8, val_ratio: float = 0.0, seed: int = 42,
                  max_train_episodes: int | None = None):
@@ -89,16 +93,21 @@ class WindowDataset(torch.utils.data.Dataset):
         self.path = Path(path)
         self.horizon, self.n_obs_steps = int(horizon), int(n_obs_steps)
         self.n_action_steps = int(n_action_steps)
+        action = action_key if isinstance(action_key, ObsSource) else ObsSource({action_key: tuple(action_shape)})
+        for key, source in obs.items():
+            if source.frames is not None and source.frames > self.n_obs_steps:
+                raise ValueError(f"observation {key!r}: frames {source.frames} > n_obs_steps {self.n_obs_steps}")
         with ReplayBuffer.open(path) as buffer:
-            _check_inputs(buffer, obs, action_key, tuple(action_shape))
+            _check_inputs(buffer, obs, action)
             if buffer.n_episodes == 0:
                 raise DatasetError(f"{self.path}: the dataset has no episodes")
             train, val = split_episodes(buffer.n_episodes, val_ratio, seed, max_train_episodes)
-            self._loaded = _load(buffer, obs, action_key, np.union1d(train, val))
+            self._loaded = _load(buffer, obs, action, np.union1d(train, val))
         self.train_episode_indices, self.val_episode_indices = train, val
         self.obs_sources = dict(obs)
         self.shape_meta = {
-            "obs": {key: {"shape": list(self._loaded.obs[key].shape[1:]), "type": source.type}
+            "obs": {key: {"shape": list(self._loaded.obs[key].shape[1:]), "type": source.type,
+                          **({"frames": source.frames} if source.frames is not None else {})}
                     for key, source in obs.items()},
             "action": {"shape": list(action_shape)},
         }
@@ -164,9 +173,8 @@ class WindowDataset(torch.utils.data.Dataset):
                 f"n_obs_steps={self.n_obs_steps}, n_action_steps={self.n_action_steps})")
 
 
-def _check_inputs(buffer: ReplayBuffer, obs: Mapping[str, ObsSource], action_key: str,
-                  action_shape: tuple[int, ...]) -> None:
-    expected = {action_key: action_shape}
+def _check_inputs(buffer: ReplayBuffer, obs: Mapping[str, ObsSource], action: ObsSource) -> None:
+    expected = {key: tuple(shape) for key, shape in action.inputs.items()}
     for source in obs.values():
         expected.update({key: tuple(shape) for key, shape in source.inputs.items()})
     for key, shape in expected.items():
@@ -180,7 +188,7 @@ def _check_inputs(buffer: ReplayBuffer, obs: Mapping[str, ObsSource], action_key
             raise DatasetError(f"{buffer.path}: data/{key} has per-step shape {found}, expected {shape}")
 
 
-def _load(buffer: ReplayBuffer, obs: Mapping[str, ObsSource], action_key: str,
+def _load(buffer: ReplayBuffer, obs: Mapping[str, ObsSource], action: ObsSource,
           episodes: np.ndarray) -> _Loaded:
     raw: dict[tuple[str, str], np.ndarray] = {}
 
@@ -190,34 +198,108 @@ def _load(buffer: ReplayBuffer, obs: Mapping[str, ObsSource], action_key: str,
             raw[key, kind] = buffer.load(key, episodes=episodes, dtype=dtype)
         return raw[key, kind]
 
-    features = {}
-    for name, source in obs.items():
+    def build(name: str, source: ObsSource) -> np.ndarray:
         values = np.asarray(source.build(*(read(key, source.type) for key in source.inputs)))
         if values.ndim < 1 or len(values) != len(read(next(iter(source.inputs)), source.type)):
-            raise DatasetError(f"{buffer.path}: building observation {name!r} gave shape {values.shape}; "
+            raise DatasetError(f"{buffer.path}: building {name} gave shape {values.shape}; "
                                "expected one row per step")
-        wanted = np.uint8 if source.type == "rgb" else np.float32
-        features[name] = np.ascontiguousarray(values, dtype=wanted)
-    action = np.ascontiguousarray(read(action_key, "low_dim"))
+        return np.ascontiguousarray(values, dtype=np.uint8 if source.type == "rgb" else np.float32)
+
+    features = {name: build(f"observation {name!r}", source) for name, source in obs.items()}
     lengths = buffer.episode_lengths[episodes]
-    return _Loaded(obs=features, action=action, episode_ends=np.cumsum(lengths),
+    return _Loaded(obs=features, action=build("the action", action), episode_ends=np.cumsum(lengths),
                    position={int(e): i for i, e in enumerate(episodes)})
 
 
-# ---------------------------------------------------------------------------------- generic
+# ---------------------------------------------------------------------------------- declared
 def _flat_concat(*arrays: np.ndarray) -> np.ndarray:
-    return np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1)
+    return np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1) if len(arrays) > 1 \
+        else arrays[0].reshape(len(arrays[0]), -1)
 
 
-def make_lowdim_dataset(path: str | Path, obs_arrays: Mapping[str, Sequence[int]], action_key: str = "action",
-                        action_shape: Sequence[int] = (2,), horizon: int = 16, n_obs_steps: int = 2,
-                        n_action_steps: int = 8, val_ratio: float = 0.02, seed: int = 42,
-                        max_train_episodes: int | None = None) -> WindowDataset:
-    """Any task with vector observations, described in a config: obs key "obs" is the per-step
-    concatenation (flattened, in the given order) of the arrays ``obs_arrays`` = {array: per-step shape}."""
-    inputs = {str(key): tuple(int(n) for n in shape) for key, shape in obs_arrays.items()}
-    return WindowDataset(path, {"obs": ObsSource(inputs, build=_flat_concat)}, action_key=action_key,
-                         action_shape=tuple(int(n) for n in action_shape), horizon=horizon,
+def _sources(name: str, entry: Mapping) -> list[str]:
+    source = entry.get("source", name)
+    sources = [source] if isinstance(source, str) else list(source or [])
+    if not sources or not all(isinstance(s, str) and s for s in sources):
+        raise DatasetError(f"{name}: source must name one array of the dataset or a list of them, got {source!r}")
+    return sources
+
+
+def _shape(name: str, entry: Mapping) -> tuple[int, ...]:
+    shape = entry.get("shape")
+    try:
+        out = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        out = ()
+    if not out or min(out) < 1:
+        raise DatasetError(f"{name}: shape must be a list of positive sizes, e.g. [7] or [96, 96, 3]; got {shape!r}")
+    return out
+
+
+def declared_sources(path: str | Path, obs: Mapping[str, Mapping], action: Mapping
+                     ) -> tuple[dict[str, ObsSource], ObsSource, tuple[int, ...]]:
+    """Check a declared observation/action layout against the dataset at ``path``.
+
+    Returns (observation sources, action source, action shape). Every mismatch (missing
+    array, per-step size or dtype unlike the declaration) is a :class:`DatasetError` naming the
+    observation key, the array and what was expected.
+    """
+    if not obs:
+        raise DatasetError("task.dataset.obs names no observation keys")
+    with ReplayBuffer.open(path) as buffer:
+        def check(name: str, entry: Mapping, kind: str) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...]]:
+            shape, inputs = _shape(name, entry), {}
+            for source in _sources(name, entry):
+                if source not in buffer:
+                    raise DatasetError(f"{buffer.path}: {name} reads data/{source}, which the dataset does not "
+                                       f"have; it has {buffer.keys()}")
+                array = buffer[source]
+                inputs[source] = tuple(int(n) for n in array.shape[1:])
+                if kind == "rgb" and array.dtype != np.uint8 and array.dtype.kind != "f":
+                    raise DatasetError(f"{buffer.path}: {name} is an rgb key, data/{source} has dtype {array.dtype}, "
+                                       "expected uint8 images (or float with values 0-255)")
+            if kind == "rgb":
+                found = next(iter(inputs.values()))
+                if len(inputs) != 1 or len(shape) != 3 or found != shape:
+                    raise DatasetError(f"{buffer.path}: {name} (rgb) reads {_describe(inputs)}, expected one array "
+                                       f"of per-step shape {list(shape)} (H, W, C)")
+            else:
+                width = sum(int(np.prod(s)) for s in inputs.values())
+                if len(shape) != 1 or width != shape[0]:
+                    raise DatasetError(f"{buffer.path}: {name} reads {_describe(inputs)}, {width} numbers per step; "
+                                       f"the config says shape {list(shape)} (low_dim keys are flat: [{width}])")
+            return inputs, shape
+
+        sources = {}
+        for key, entry in obs.items():
+            kind = entry.get("type", "low_dim")
+            if kind not in ("low_dim", "rgb"):
+                raise DatasetError(f"observation {key!r}: type must be low_dim or rgb, got {kind!r}")
+            inputs, _ = check(f"observation {key!r}", entry, kind)
+            frames = entry.get("frames")
+            sources[str(key)] = ObsSource(inputs, build=_flat_concat if kind == "low_dim" else _first_input,
+                                          type=kind, frames=None if frames is None else int(frames))
+        action_inputs, action_shape = check("action", {"source": "action", **dict(action or {})}, "low_dim")
+    return sources, ObsSource(action_inputs, build=_flat_concat), action_shape
+
+
+def _describe(inputs: Mapping[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"data/{key} {list(shape)}" for key, shape in inputs.items())
+
+
+def make_dataset(path: str | Path, obs: Mapping[str, Mapping], action: Mapping | None = None, horizon: int = 16,
+                 n_obs_steps: int = 2, n_action_steps: int = 8, val_ratio: float = 0.02, seed: int = 42,
+                 max_train_episodes: int | None = None) -> WindowDataset:
+    """Any task, described in a config: ``obs`` maps each observation key to
+    ``{source: array or [arrays], shape: [...], type: low_dim | rgb, frames: k}`` and ``action`` is
+    ``{source: array or [arrays], shape: [D]}`` (default source ``action``).
+
+    Low-dim keys (and the action) are the per-step concatenation, flattened and in the given order,
+    of their source arrays; an rgb key reads one (H, W, C) array of uint8 (or float 0-255, converted).
+    ``frames`` (optional) lets a key condition on only its newest k of the ``n_obs_steps`` frames.
+    """
+    sources, action_source, action_shape = declared_sources(path, obs, action or {})
+    return WindowDataset(path, sources, action_key=action_source, action_shape=action_shape, horizon=horizon,
                          n_obs_steps=n_obs_steps, n_action_steps=n_action_steps, val_ratio=val_ratio, seed=seed,
                          max_train_episodes=max_train_episodes)
 
@@ -261,20 +343,26 @@ def make_pusht_image_dataset(path: str | Path, horizon: int = 16, n_obs_steps: i
 #: Dataset preset name (``task.dataset.preset`` in a config) -> factory; the other keys of that
 #: config section are the factory's arguments.
 DATASET_PRESETS: dict[str, Callable[..., WindowDataset]] = {
-    "lowdim": make_lowdim_dataset,
     "pusht_lowdim": make_pusht_lowdim_dataset,
     "pusht_image": make_pusht_image_dataset,
 }
 
 
 def build_dataset(dataset_cfg: Mapping) -> WindowDataset:
-    """The dataset a config's ``task.dataset`` section describes (``preset`` + arguments)."""
+    """The dataset a config's ``task.dataset`` section describes: declared ``obs`` + ``action``
+    (:func:`make_dataset`), or a ``preset`` + its arguments."""
     from dpolicy.errors import ConfigError
 
     arguments = dict(dataset_cfg)
     preset = arguments.pop("preset", None)
+    if preset is None and "obs" in arguments:
+        try:
+            return make_dataset(**arguments)
+        except TypeError as exc:
+            raise ConfigError(f"task.dataset: {exc}") from None
     if preset not in DATASET_PRESETS:
-        raise ConfigError(f"task.dataset.preset is {preset!r}; expected one of {sorted(DATASET_PRESETS)}")
+        raise ConfigError(f"task.dataset.preset is {preset!r}; expected one of {sorted(DATASET_PRESETS)}, or "
+                          "no preset and the observation keys declared under task.dataset.obs")
     try:
         return DATASET_PRESETS[preset](**arguments)
     except TypeError as exc:

@@ -40,23 +40,32 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18Trunk(nn.Module):
-    """Convolutional part of ResNet-18 (stem, 4 stages of 2 blocks): (N, 3, H, W) -> (N, 512, H/32, W/32)."""
+    """Convolutional part of ResNet-18 (stem, 4 stages of 2 blocks): (N, 3, H, W) -> (N, 512, H/32, W/32).
 
-    out_channels = 512
+    ``width`` (64 in ResNet-18) sets the channels of the first stage, doubled at every further stage;
+    ``stages`` (1-4) keeps the first stages only. Both shrink the encoder for small images or a small
+    CPU: with fewer stages the feature map stays larger (H / 2**(stages + 1)), which the spatial
+    softmax needs on images of a few dozen pixels.
+    """
 
-    def __init__(self, in_channels: int = 3):
+    def __init__(self, in_channels: int = 3, width: int = 64, stages: int = 4):
         super().__init__()
+        if width < GROUPNORM_CHANNELS_PER_GROUP or not 1 <= stages <= 4:
+            raise ValueError(f"ResNet trunk: need width >= {GROUPNORM_CHANNELS_PER_GROUP} and 1 <= stages <= 4, "
+                             f"got width={width}, stages={stages}")
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False),
-            group_norm(64),
+            nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
+            group_norm(width),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(3, stride=2, padding=1),
         )
-        stages, channels = [], 64
-        for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            stages += [BasicBlock(channels, width, stride), BasicBlock(width, width)]
-            channels = width
-        self.stages = nn.Sequential(*stages)
+        blocks, channels = [], width
+        for stage in range(stages):
+            out, stride = width * 2**stage, (1 if stage == 0 else 2)
+            blocks += [BasicBlock(channels, out, stride), BasicBlock(out, out)]
+            channels = out
+        self.stages = nn.Sequential(*blocks)
+        self.out_channels = channels
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -89,9 +98,10 @@ class SpatialSoftmax(nn.Module):
 class ResNetImageEncoder(nn.Module):
     """ResNet-18 trunk -> spatial softmax (K keypoints) -> linear: (N, 3, H, W) in [-1, 1] -> (N, F)."""
 
-    def __init__(self, num_keypoints: int = 32, feature_dim: int = 64, in_channels: int = 3):
+    def __init__(self, num_keypoints: int = 32, feature_dim: int = 64, in_channels: int = 3, width: int = 64,
+                 stages: int = 4):
         super().__init__()
-        self.trunk = ResNet18Trunk(in_channels)
+        self.trunk = ResNet18Trunk(in_channels, width, stages)
         self.pool = SpatialSoftmax(self.trunk.out_channels, num_keypoints)
         self.proj = nn.Linear(2 * num_keypoints, feature_dim)
         self.feature_dim = feature_dim

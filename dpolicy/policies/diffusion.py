@@ -40,8 +40,8 @@ class DiffusionPolicy(Policy):
             clip_sample: the DDPM training schedule.
         inference_scheduler, num_inference_steps: sampling defaults (None steps: as many as in training).
         fast_sampling: use the precomputed DDPM/DDIM update instead of diffusers' ``step`` (same result).
-        lowdim_mlp, crop_shape, num_keypoints, image_feature_dim, share_rgb_encoder: the observation
-            encoder (see :class:`ObservationEncoder`).
+        encoder_options: the observation encoder's arguments (lowdim_mlp, crop_shape, num_keypoints,
+            image_feature_dim, share_rgb_encoder, resnet_width, resnet_stages; see :class:`ObservationEncoder`).
     """
 
     def __init__(self, shape_meta: Mapping, normalizer: Normalizer, horizon: int = 16, n_obs_steps: int = 2,
@@ -52,13 +52,9 @@ class DiffusionPolicy(Policy):
                  prediction_type: str = "epsilon", clip_sample: bool = True,
                  inference_scheduler: str = "ddpm", num_inference_steps: int | None = None,
                  fast_sampling: bool = True,
-                 lowdim_mlp: Sequence[int] | None = None, crop_shape: Sequence[int] | None = (84, 84),
-                 num_keypoints: int = 32, image_feature_dim: int = 64, share_rgb_encoder: bool = False):
+                 **encoder_options):
         super().__init__(shape_meta, normalizer, horizon, n_obs_steps, n_action_steps)
-        self.obs_encoder = ObservationEncoder(
-            self.shape_meta["obs"], n_obs_steps, lowdim_mlp=lowdim_mlp, crop_shape=crop_shape,
-            num_keypoints=num_keypoints, image_feature_dim=image_feature_dim,
-            share_rgb_encoder=share_rgb_encoder)
+        self.obs_encoder = ObservationEncoder(self.shape_meta["obs"], n_obs_steps, **encoder_options)
         self.model = ConditionalUnet1D(self.action_dim, self.obs_encoder.output_dim, down_dims=down_dims,
                                        kernel_size=kernel_size, n_groups=n_groups,
                                        step_embed_dim=step_embed_dim, conv_impl=conv_impl)

@@ -15,7 +15,7 @@ with the first planned action.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,10 @@ class EnergyMLP(nn.Module):
 
 
 class IbcPolicy(Policy):
-    """Energy-based policy with InfoNCE training and DFO / Langevin inference."""
+    """Energy-based policy with InfoNCE training and DFO / Langevin inference.
+
+    ``encoder_options`` are the observation encoder's arguments (see :class:`ObservationEncoder`).
+    """
 
     def __init__(self, shape_meta: Mapping, normalizer: Normalizer, horizon: int = 2, n_obs_steps: int = 2,
                  n_action_steps: int = 1, hidden_dim: int = 1024, n_layers: int = 4, dropout: float = 0.1,
@@ -70,16 +73,13 @@ class IbcPolicy(Policy):
                  dfo_noise_scale: float = 0.33, dfo_noise_shrink: float = 0.5, langevin_steps: int = 50,
                  langevin_step_size: float = 0.1, langevin_noise_scale: float = 0.5,
                  grad_penalty_weight: float = 0.0, grad_penalty_margin: float = 1.0,
-                 lowdim_mlp: Sequence[int] | None = None, crop_shape: Sequence[int] | None = (84, 84),
-                 num_keypoints: int = 32, image_feature_dim: int = 64, share_rgb_encoder: bool = False):
+                 **encoder_options):
         super().__init__(shape_meta, normalizer, horizon, n_obs_steps, n_action_steps)
         if horizon < n_obs_steps - 1 + n_action_steps:
             raise ValueError(f"IBC needs horizon >= n_obs_steps - 1 + n_action_steps, got {horizon}")
         if sampler not in ("dfo", "langevin"):
             raise ValueError(f"sampler must be 'dfo' or 'langevin', got {sampler!r}")
-        self.encoder = ObservationEncoder(
-            shape_meta["obs"], self.n_obs_steps, lowdim_mlp=lowdim_mlp, crop_shape=crop_shape,
-            num_keypoints=num_keypoints, image_feature_dim=image_feature_dim, share_rgb_encoder=share_rgb_encoder)
+        self.encoder = ObservationEncoder(shape_meta["obs"], self.n_obs_steps, **encoder_options)
         self.chunk_steps = self.n_action_steps  # actions the energy scores: fixed by the network
         self.chunk_dim = self.chunk_steps * self.action_dim
         self.energy = EnergyMLP(self.encoder.output_dim, self.chunk_dim, hidden_dim,

@@ -4,7 +4,7 @@ actions it predicts their average, which is the failure Diffusion Policy and IBC
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -16,16 +16,16 @@ from dpolicy.policies.base import Policy
 
 
 class MseRegressionPolicy(Policy):
-    """MLP(obs features) -> the whole normalized action sequence of length ``horizon``."""
+    """MLP(obs features) -> the whole normalized action sequence of length ``horizon``.
+
+    ``encoder_options`` are the observation encoder's arguments (see :class:`ObservationEncoder`).
+    """
 
     def __init__(self, shape_meta: Mapping, normalizer: Normalizer, horizon: int = 16, n_obs_steps: int = 2,
                  n_action_steps: int = 8, hidden_dim: int = 256, n_layers: int = 3,
-                 lowdim_mlp: Sequence[int] | None = None, crop_shape: Sequence[int] | None = (84, 84),
-                 num_keypoints: int = 32, image_feature_dim: int = 64, share_rgb_encoder: bool = False):
+                 **encoder_options):
         super().__init__(shape_meta, normalizer, horizon, n_obs_steps, n_action_steps)
-        self.encoder = ObservationEncoder(
-            shape_meta["obs"], self.n_obs_steps, lowdim_mlp=lowdim_mlp, crop_shape=crop_shape,
-            num_keypoints=num_keypoints, image_feature_dim=image_feature_dim, share_rgb_encoder=share_rgb_encoder)
+        self.encoder = ObservationEncoder(shape_meta["obs"], self.n_obs_steps, **encoder_options)
         layers: list[nn.Module] = []
         width = self.encoder.output_dim
         for _ in range(n_layers - 1):

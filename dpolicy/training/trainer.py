@@ -1,13 +1,13 @@
 """One trainer for every policy of the package.
 
 The trainer knows nothing about diffusion or energies: it builds the dataset and the policy from
-the config (``cfg.task.dataset.preset`` and ``cfg.policy.name`` pick registered factories; every other
-value is a plain argument), then runs
-AdamW with a warm-up + cosine learning-rate schedule, gradient clipping and an EMA of the
-weights. Every ``checkpoint_every`` steps it writes ``checkpoints/latest.safetensors`` (atomically),
-so
-``resume=true`` continues a killed run from there with the same data order, RNG streams,
-optimizer and EMA state. Periodic rollouts score the EMA policy and keep the top-k checkpoints.
+the config (``cfg.task.dataset`` declares its keys or names a preset, ``cfg.policy.name`` picks a
+registered policy; every other value is a plain argument), then runs AdamW with a warm-up + cosine
+learning-rate schedule, gradient clipping and an EMA of the weights. Every ``checkpoint_every``
+steps it writes ``checkpoints/latest.safetensors`` (atomically), so ``resume=true`` continues a
+killed run from there with the same data order, RNG streams, optimizer and EMA state. Periodic
+evaluations score the EMA policy and keep the top-k checkpoints: rollouts in the task's simulator,
+or, for a task without one, chunks against held-out demonstrations (:mod:`dpolicy.evaluation.offline`).
 
 Launched under ``torchrun`` it trains with DistributedDataParallel (gloo on CPU, nccl on CUDA);
 each process draws its own shard of every epoch and ``batch_size`` is per process.
@@ -101,6 +101,11 @@ class Trainer:
         if len(self.dataset) == 0:
             raise ValueError(f"dataset {cfg.task.dataset.get('path')} has no training windows")
         self.val_dataset = self.dataset.get_validation_dataset()
+        self.eval_mode = evaluation_mode(cfg)
+        if self.eval_mode == "offline" and int(self.tcfg.eval_every) > 0 and len(self.val_dataset) == 0:
+            raise ConfigError("training evaluates offline on held-out episodes (task.env_id is null or "
+                              "training.eval.mode=offline), but task.dataset.val_ratio holds none out: "
+                              "set it above 0, or training.eval_every=0")
         self.shape_meta = self.dataset.shape_meta
         self.policy = build_policy(cfg, self.shape_meta, self.dataset.fit_normalizer()).to(self.ctx.device)
         self.ema = None
@@ -267,6 +272,8 @@ class Trainer:
         return float(np.mean(losses))
 
     def _evaluate(self) -> dict[str, Any]:
+        if self.eval_mode == "offline":
+            return self._evaluate_offline()
         from dpolicy.evaluation import evaluate, protocol_seeds
 
         ecfg = self.tcfg.eval
@@ -283,17 +290,36 @@ class Trainer:
         record = {"step": self.step, "elapsed_min": self.elapsed_s / 60,
                   **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
         self.logger.log(record)
-        self._keep_top_k(float(metrics["score"]))
+        self._keep_top_k(float(metrics["score"]), f"score={float(metrics['score']):.3f}")
         return metrics
 
-    def _keep_top_k(self, score: float) -> None:
+    def _evaluate_offline(self) -> dict[str, Any]:
+        """Chunks of the EMA policy against the held-out demonstrations (tasks without a simulator)."""
+        from dpolicy.evaluation.offline import SELECTION_METRIC, evaluate_offline
+        from dpolicy.evaluation.report import write_metrics
+
+        ecfg = self.tcfg.eval
+        metrics = evaluate_offline(self.eval_policy(), self.val_dataset, n_samples=int(ecfg.get("offline_samples", 8)),
+                                   max_windows=int(ecfg.get("offline_windows", 256)), seed=int(self.cfg.seed))
+        out_dir = self.run_dir / "eval" / f"step_{self.step:07d}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics(out_dir / "metrics.json", metrics)
+        record = {"step": self.step, "elapsed_min": self.elapsed_s / 60,
+                  **{f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        self.logger.log(record)
+        error = float(metrics[SELECTION_METRIC])
+        self._keep_top_k(-error, f"{SELECTION_METRIC}={error:.4g}")
+        return metrics
+
+    def _keep_top_k(self, score: float, label: str) -> None:
+        """Keep this step's weights if ``score`` (higher is better) is among the k best; ``label`` names it."""
         k = int(self.tcfg.top_k)
         if k <= 0:
             return
         worst = self.top_k[-1]["score"] if len(self.top_k) >= k else -math.inf
         if score <= worst:
             return
-        name = f"step={self.step:07d}-score={score:.3f}.safetensors"
+        name = f"step={self.step:07d}-{label}.safetensors"
         self._save(name)
         self.top_k.append({"score": score, "step": self.step, "path": str(self.ckpt_dir / name)})
         self.top_k.sort(key=lambda e: (-e["score"], e["step"]))
@@ -348,6 +374,20 @@ class Trainer:
             checkpoint.restore_rng()
         if self.ctx.is_main:
             tqdm.write(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
+
+
+def evaluation_mode(cfg: DictConfig) -> str:
+    """How the trainer evaluates: ``rollouts`` in ``task.env_id``, or ``offline`` on held-out episodes.
+
+    ``training.eval.mode: auto`` (the default) rolls out when the task names an environment.
+    """
+    mode = str(cfg.training.eval.get("mode", "auto"))
+    if mode not in ("auto", "rollouts", "offline"):
+        raise ConfigError(f"training.eval.mode is {mode!r}; expected auto, rollouts or offline")
+    has_env = bool(cfg.task.get("env_id"))
+    if mode == "rollouts" and not has_env:
+        raise ConfigError("training.eval.mode=rollouts needs a simulator, but task.env_id is null")
+    return mode if mode != "auto" else ("rollouts" if has_env else "offline")
 
 
 class _StopTraining(Exception):
