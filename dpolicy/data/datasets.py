@@ -249,6 +249,8 @@ def declared_sources(path: str | Path, obs: Mapping[str, Mapping], action: Mappi
     with ReplayBuffer.open(path) as buffer:
         def check(name: str, entry: Mapping, kind: str) -> tuple[dict[str, tuple[int, ...]], tuple[int, ...]]:
             shape, inputs = _shape(name, entry), {}
+            if kind == "rgb" and len(shape) != 3:
+                raise DatasetError(f"{name}: an rgb key has shape [H, W, C], got {list(shape)}")
             for source in _sources(name, entry):
                 if source not in buffer:
                     raise DatasetError(f"{buffer.path}: {name} reads data/{source}, which the dataset does not "
