@@ -4,9 +4,10 @@ The environment, its arguments and the episode limit come from the checkpoint's 
 (``task.env_id``, ``task.env_kwargs``, ``task.max_steps``); the command line can override them.
 Writes metrics.json, episodes.csv, final_frames.png and videos into ``--out``.
 
-A task without a simulator (``task.env_id: null``), or ``--offline``, is evaluated on the held-out
-episodes of its dataset instead (or on every episode of ``--dataset``): predicted chunks against
-the demonstrated actions (:mod:`dpolicy.evaluation.offline`); metrics.json only.
+A task without a simulator (``task.env_id: null``, or trained with ``training.eval.mode=offline``),
+or ``--offline``, is evaluated on the held-out episodes of its dataset instead (or on every episode
+of ``--dataset``): predicted chunks against the demonstrated actions
+(:mod:`dpolicy.evaluation.offline`); metrics.json only.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     offline = parser.add_argument_group("offline evaluation (tasks without a simulator)")
     offline.add_argument("--offline", action="store_true",
                          help="score predicted chunks against held-out demonstrations instead of rolling out "
-                              "(the default when the checkpoint's task has no env_id)")
+                              "(the default when the checkpoint's task has no env_id or was trained with "
+                              "training.eval.mode=offline; --env-id rolls out in that environment instead)")
     offline.add_argument("--dataset", type=Path, default=None,
                          help="evaluate on every episode of this zarr dataset (same layout as the training data) "
                               "instead of the training run's held-out episodes")
@@ -129,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dpolicy.evaluation.rollout import EvaluationInterrupted, evaluate
     from dpolicy.training.checkpoint import load_policy
+    from dpolicy.training.trainer import evaluation_mode
 
     if args.threads is not None:
         import torch
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise SystemExit(f"--action-steps: {err}") from None
     task = cfg.task
-    if args.offline or args.dataset is not None or not (args.env_id or task.get("env_id")):
+    if args.offline or args.dataset is not None or (args.env_id is None and evaluation_mode(cfg) == "offline"):
         return run_offline(args, policy, cfg)
     env_id = args.env_id or str(task.env_id)
     env_kwargs = OmegaConf.to_container(task.env_kwargs, resolve=True) if task.get("env_kwargs") else {}
