@@ -1,5 +1,5 @@
-"""`dpolicy data info | verify | video | render-images`: inspect, check, watch and complete zarr
-demonstration datasets."""
+"""`dpolicy data info | verify | video | render-images | import-lerobot | export-lerobot`: inspect,
+check, watch, complete and convert zarr demonstration datasets."""
 
 from __future__ import annotations
 
@@ -25,6 +25,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     info.add_argument("path", type=Path, help="zarr dataset (directory or .zip)")
     info.add_argument("--no-ranges", action="store_true",
                       help="skip the value ranges (they read the whole dataset)")
+    info.add_argument("--write-config", type=Path, default=None, metavar="DIR",
+                      help="write the suggested task config (DIR/task/NAME.yaml) and an experiment using it "
+                           "(DIR/NAME.yaml); train with `dpolicy train --config-dir DIR --config NAME`")
+    info.add_argument("--name", default=None,
+                      help="task name for the suggested config (default: the dataset's file name)")
+    info.add_argument("--overwrite", action="store_true", help="replace existing config files of that name")
+    info.add_argument("--no-suggestion", action="store_true", help="do not print the suggested task config")
     info.set_defaults(_action=run_info)
 
     check = sub.add_parser(
@@ -60,12 +67,68 @@ def configure(parser: argparse.ArgumentParser) -> None:
     render.add_argument("--size", type=_frame_size, default=96, help="image size in pixels (default 96)")
     render.set_defaults(_action=run_render_images)
 
+    lerobot_in = sub.add_parser(
+        "import-lerobot", help="convert a local LeRobotDataset v3.0 folder into a zarr dataset",
+        description="Convert a LeRobotDataset v3.0 folder (meta/info.json, data/ parquet files, videos/ mp4 "
+                    "files) into this package's zarr layout. Videos and images become uint8 (N, H, W, C) "
+                    "arrays; numeric features keep their dtype (action, state and keypoint are stored as "
+                    "float32 when the feature is not floating point). Names: action -> action, "
+                    "observation.images.<cam> -> <cam>, observation.<name> -> <name>, other features keep "
+                    "theirs. timestamp, frame_index, episode_index, index and task_index become the episode "
+                    "boundaries and root attributes (fps, task strings). Only format v3.0 is read. The dataset "
+                    "is written to a hidden sibling of OUT and renamed into place when complete, so an "
+                    "interrupted import leaves nothing at OUT.")
+    lerobot_in.add_argument("source", type=Path, metavar="DIR", help="LeRobot dataset folder (has meta/info.json)")
+    lerobot_in.add_argument("out", type=Path, metavar="OUT.zarr", help="zarr dataset to create")
+    lerobot_in.add_argument("--overwrite", action="store_true", help="replace OUT if it is a zarr store")
+    lerobot_in.add_argument("--no-progress", action="store_true",
+                            help="no progress bar (it is shown on a terminal)")
+    lerobot_in.set_defaults(_action=run_import_lerobot)
+
+    lerobot_out = sub.add_parser(
+        "export-lerobot", help="write a zarr dataset as a LeRobotDataset v3.0 folder",
+        description="Write a zarr dataset as a LeRobotDataset v3.0 folder (the layout LeRobot reads). uint8 "
+                    "(H, W, 3) arrays (and float ones named like images: img, image, rgb, *_img, ...) become "
+                    "video features observation.images.<key>, encoded as mp4 (yuv420p, yuv444p for odd sizes; a "
+                    "keyframe every 2 frames, as LeRobot does); action stays action; every other array becomes "
+                    "observation.<key> with its dtype and shape, bit for bit. Writes meta/info.json, "
+                    "meta/episodes, meta/tasks.parquet (one task), meta/stats.json and data/ parquet files. The "
+                    "folder is written beside DIR and renamed into place when complete.")
+    lerobot_out.add_argument("source", type=Path, metavar="IN.zarr", help="zarr dataset (directory or .zip)")
+    lerobot_out.add_argument("out", type=Path, metavar="DIR", help="LeRobot dataset folder to create")
+    lerobot_out.add_argument("--fps", type=_positive_float, default=None,
+                             help="frames per second (default: the dataset's fps attribute, else 10)")
+    lerobot_out.add_argument("--task", default=None,
+                             help="the task string of every episode (default: the single task an import "
+                                  "recorded, else the dataset's name)")
+    lerobot_out.add_argument("--codec", choices=("auto", "libx264", "libsvtav1"), default="auto",
+                             help="video encoder: libx264 (h264) or libsvtav1 (av1, LeRobot's default); auto "
+                                  "takes libx264 when PyAV has it")
+    lerobot_out.add_argument("--crf", type=int, default=None,
+                             help="constant-quality factor, lower is better (default 18 for libx264, 30 for "
+                                  "libsvtav1)")
+    lerobot_out.add_argument("--robot-type", default=None, help="robot_type in meta/info.json (default: none)")
+    lerobot_out.add_argument("--overwrite", action="store_true", help="replace DIR if it is a LeRobot folder")
+    lerobot_out.add_argument("--no-progress", action="store_true",
+                             help="no progress bar (it is shown on a terminal)")
+    lerobot_out.set_defaults(_action=run_export_lerobot)
+
 
 def _frame_size(text: str) -> int:
     size = int(text)
     if size < 8:
         raise argparse.ArgumentTypeError(f"frame size must be at least 8 pixels, got {size}")
     return size
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return int(value) if value.is_integer() else value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,10 +181,28 @@ def _format_range(lo: np.ndarray, hi: np.ndarray) -> str:
     return f"[{lo.min():.4g}, {hi.max():.4g}] (all {lo.size} dims)"
 
 
+def _task_name(path: Path) -> str:
+    stem = path.name.removesuffix(".zip").removesuffix(".zarr")
+    name = "".join(c if c.isalnum() else "_" for c in stem).strip("_").lower() or "my_task"
+    return name if name[0].isalpha() else f"task_{name}"
+
+
 def run_info(args: argparse.Namespace) -> int:
+    from dpolicy.data.suggest import suggest_configs, write_suggested_configs
+
+    name = args.name or _task_name(args.path)
     with ReplayBuffer.open(args.path) as buffer:
         text, all_finite = describe(buffer, ranges=not args.no_ranges)
-    print(text)
+        print(text)
+        if args.write_config is not None:
+            task_path, experiment_path = write_suggested_configs(buffer, name, args.write_config, args.overwrite)
+            print(f"\nwrote {task_path} and {experiment_path}; check them, then train with\n"
+                  f"  dpolicy train --config-dir {args.write_config} --config {name}")
+        elif not args.no_suggestion:
+            task_text, _ = suggest_configs(buffer, name)
+            print(f"\nsuggested task config (save as DIR/task/{name}.yaml, or write it and an experiment with "
+                  f"--write-config DIR):\n")
+            print(task_text, end="")
     return 0 if all_finite else 1
 
 
@@ -242,3 +323,30 @@ def _pusht_renderer() -> Callable[..., np.ndarray]:
     except ImportError as err:
         raise ImportError(f"the Push-T renderer envs.pusht.render.render_state is missing: {err}") from err
     return render_state
+
+
+# ---------------------------------------------------------------------------------- LeRobot
+def run_import_lerobot(args: argparse.Namespace) -> int:
+    from dpolicy.data.lerobot import import_lerobot
+
+    summary = import_lerobot(args.source, args.out, overwrite=args.overwrite,
+                             progress=not args.no_progress and sys.stderr.isatty())
+    keys = ", ".join(f"{key} <- {name}" for key, name in summary.keys.items())
+    print(f"wrote {summary.path}: {summary.n_episodes} episodes, {summary.n_steps} steps at {summary.fps} fps "
+          f"({keys}; {len(summary.tasks)} task{'s' if len(summary.tasks) != 1 else ''})")
+    for name, why in summary.skipped.items():
+        print(f"skipped {name}: {why}")
+    return 0
+
+
+def run_export_lerobot(args: argparse.Namespace) -> int:
+    from dpolicy.data.lerobot import export_lerobot
+
+    summary = export_lerobot(args.source, args.out, fps=args.fps, task=args.task, codec=args.codec, crf=args.crf,
+                             robot_type=args.robot_type, overwrite=args.overwrite,
+                             progress=not args.no_progress and sys.stderr.isatty())
+    features = ", ".join(f"{key} -> {name}" for key, name in summary.features.items())
+    video = f", videos {summary.codec}" if summary.codec else ""
+    print(f"wrote {summary.path}: LeRobotDataset v3.0, {summary.n_episodes} episodes, {summary.n_frames} frames at "
+          f"{summary.fps} fps ({features}{video}; task {summary.task!r})")
+    return 0
