@@ -35,9 +35,13 @@ def test_info_reports_episodes_steps_keys_and_ranges(dataset, capsys):
     assert "episodes: 3" in out and "steps: 75" in out
     assert "episode length: min 20, mean 25.0, max 30" in out
     assert "attrs:\n  synthetic: True" in out
-    keys_section = out.split("\nkeys:\n", 1)[1]
+    keys_section, suggestion = out.split("\nkeys:\n", 1)[1].split("\nsuggested task config", 1)
     lines = {line.split()[0]: line for line in keys_section.splitlines() if line.startswith("  ")}
     assert set(lines) == {"action", "img", "keypoint", "state"}
+    # the suggested config declares what the dataset holds
+    assert "    img: {source: img, shape: [16, 16, 3], type: rgb}" in suggestion
+    assert "    keypoint: {source: keypoint, shape: [18], type: low_dim}" in suggestion
+    assert "  action: {source: action, shape: [2]}" in suggestion
     assert "(75, 16, 16, 3)" in lines["img"] and "uint8" in lines["img"]
     assert "(75, 2)" in lines["action"] and "float32" in lines["action"]
     assert "range [0.125, 74.12] [0.375, 74.38]" in lines["action"]  # per dimension for small keys
