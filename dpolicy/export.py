@@ -1,12 +1,16 @@
-"""`dpolicy export CHECKPOINT --out DIR`: the diffusion policy as TorchScript, for non-Python stacks.
+"""`dpolicy export CHECKPOINT --out DIR [--format torchscript|onnx]`: the diffusion policy for non-Python stacks.
 
-The export is one TorchScript archive, ``policy_torchscript.pt`` (load it with ``torch.jit.load``
-in Python or ``torch::jit::load`` in C++/libtorch), holding the observation encoder, the
-denoising UNet, the normalizer and the sampler's tables. Export on the device it will run on
-(``--device cuda``): the image encoder's traced code creates tensors on that device.
+Both formats hold the observation encoder (with the normalizer), the denoising UNet and the
+sampler's tables. Observations are a list of arrays in the order of ``export.json``'s
+``obs_keys``, each ``(B, To, *shape)`` in env units: float32 low-dim vectors, uint8 HWC images.
+The batch size B is free.
 
-Its methods (observations are a list of tensors in the order of ``export.json``'s ``obs_keys``,
-each ``(B, To, *shape)`` in env units: float32 low-dim vectors, uint8 HWC images):
+TorchScript (``--format torchscript``, the default)
+---------------------------------------------------
+
+One archive, ``policy_torchscript.pt`` (load it with ``torch.jit.load`` in Python or
+``torch::jit::load`` in C++/libtorch). Export on the device it will run on (``--device cuda``):
+the image encoder's traced code creates tensors on that device. Its methods:
 
 - ``forward(obs) -> (action (B, Ta, D), action_pred (B, Tp, D))``: a whole chunk, noise drawn
   from torch's global generator (``torch.manual_seed`` makes it reproducible);
@@ -15,7 +19,28 @@ each ``(B, To, *shape)`` in env units: float32 low-dim vectors, uint8 HWC images
 - ``encode(obs) -> cond (B, F)`` and ``denoise(x, film) -> out``: the two networks, for writing the
   loop yourself. ``step_film`` (K, F) and ``coefficients`` (K, 6) are attributes of the module.
 
-The sampling loop (DDPM or DDIM, K steps, ``p, q, c0, c1, c2, sigma = coefficients[k]``)::
+ONNX (``--format onnx``)
+------------------------
+
+Two graphs (exported on the CPU) and the tables in JSON, for onnxruntime or another ONNX
+runtime:
+
+- ``encoder.onnx``: one input per observation key, named after the key -> ``film`` (B, F), the
+  ``encode`` below;
+- ``denoiser.onnx``: inputs ``x`` (B, Tp, D) and ``film`` (B, F) -> ``out`` (B, Tp, D), the
+  ``denoise`` below;
+- ``export.json``: ``step_film`` (K lists of F numbers), ``coefficients`` (K rows of
+  ``coefficients_columns``), ``clip_range``, ``action_scale`` and ``action_offset`` (D numbers
+  each), the sizes and the observation specs.
+
+In Python, ``dpolicy.onnx_runtime.OnnxPolicy(DIR)`` runs the loop with numpy and onnxruntime
+only (no torch): ``predict(obs) -> (action, action_pred)``, ``sample_with_noise(obs, noise,
+step_noise)``.
+
+The sampling loop
+-----------------
+
+DDPM or DDIM, K steps, ``p, q, c0, c1, c2, sigma = coefficients[k]``::
 
     cond = encode(obs)                      # normalizes the observations, encodes them (B, F)
     x = noise                               # (B, Tp, D) standard normal
@@ -27,14 +52,23 @@ The sampling loop (DDPM or DDIM, K steps, ``p, q, c0, c1, c2, sigma = coefficien
     action_pred = (x - action_offset) / action_scale      # back to env units
     action = action_pred[:, To - 1 : To - 1 + Ta]         # the chunk to execute
 
-ONNX is not produced: torch's ONNX exporter needs the ``onnx`` package, which the package does
-not depend on. The command checks the archive against the eager policy on random observations
-(max abs difference of the chunk, same noise) and prints the chunk latency of both.
+Checks
+------
+
+The command loads what it wrote and compares it with the eager policy on random observations,
+same observations and same noise: the max abs difference of ``action_pred`` must stay under
+``PARITY_TOLERANCE`` (env units) for TorchScript, under ``ONNX_PARITY_TOLERANCE`` (normalized
+action units: onnxruntime's kernels round differently from torch's) for ONNX; else it exits 1.
+It prints the chunk latency at batch 1 of the eager policy and of the export.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
+import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -43,11 +77,34 @@ import numpy as np
 import torch
 from torch import nn
 
+from dpolicy.errors import UserError
+from dpolicy.onnx_runtime import (
+    DENOISER_NAME,
+    ENCODER_NAME,
+    INSTALL_HINT,
+    METADATA_NAME,
+    ONNX_FORMAT,
+    MissingOnnxError,
+)
+
 ARCHIVE_NAME = "policy_torchscript.pt"
-METADATA_NAME = "export.json"
 EXPORT_FORMAT = "dpolicy-torchscript-v1"
-#: Largest max-abs difference to the eager policy accepted by the export check (env units).
+FORMATS = ("torchscript", "onnx")
+#: Largest max-abs difference of the TorchScript plan to the eager one (env units): both run torch's
+#: kernels, so they agree to a few float32 roundings.
 PARITY_TOLERANCE = 1e-4
+#: The same for ONNX, in normalized action units (the fitted action range spans [-1, 1]):
+#: onnxruntime's kernels round differently from torch's, a few float32 ulps per network call that
+#: the K steps carry on, so the gap is a fraction of the action range, not a fixed env-unit size.
+ONNX_PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(UserError, ValueError):
+    """A policy, sampler or setting that the export cannot express."""
+
+
+class NotExportableError(ExportError, TypeError):
+    """A policy of another class than DiffusionPolicy."""
 
 
 class _ObservationEncoder(nn.Module):
@@ -159,9 +216,9 @@ def example_observations(policy, batch: int = 1, seed: int = 0) -> list[torch.Te
 def _sampler_tables(policy) -> tuple[torch.Tensor, list[list[float]], float]:
     sampler = policy.sampler
     if not getattr(sampler, "is_fast", False):
-        raise ValueError(f"export supports the DDPM (fixed_small) and DDIM samplers; this policy samples "
-                         f"with {policy.inference_scheduler_name!r}: call policy.set_inference('ddim', "
-                         "steps) or pass --scheduler ddim")
+        raise ExportError(f"export supports the DDPM (fixed_small) and DDIM samplers; this policy samples "
+                          f"with {policy.inference_scheduler_name!r}: call policy.set_inference('ddim', "
+                          "steps) or pass --scheduler ddim")
     coefficients = [list(row) for row in sampler.coefficients]
     clip = sampler.clip_range if sampler.clip_range is not None else 0.0
     with torch.no_grad():
@@ -170,12 +227,17 @@ def _sampler_tables(policy) -> tuple[torch.Tensor, list[list[float]], float]:
     return step_film.float(), coefficients, float(clip)
 
 
-def export_policy(policy) -> torch.jit.ScriptModule:
-    """TorchScript module of a :class:`~dpolicy.policies.diffusion.DiffusionPolicy` (eval mode)."""
+def _check_exportable(policy) -> None:
     from dpolicy.policies.diffusion import DiffusionPolicy
 
     if not isinstance(policy, DiffusionPolicy):
-        raise TypeError(f"export supports DiffusionPolicy checkpoints, got {type(policy).__name__}")
+        raise NotExportableError(f"export supports diffusion policies only, got {type(policy).__name__} "
+                                 "(expected a DiffusionPolicy checkpoint)")
+
+
+def export_policy(policy) -> torch.jit.ScriptModule:
+    """TorchScript module of a :class:`~dpolicy.policies.diffusion.DiffusionPolicy` (eval mode)."""
+    _check_exportable(policy)
     policy.eval()
     step_film, coefficients, clip = _sampler_tables(policy)
     obs = example_observations(policy, batch=2)
@@ -206,15 +268,31 @@ def noise_like_policy(policy, batch: int, generator: torch.Generator) -> tuple[t
     return noise, step_noise
 
 
-def parity(policy, module, batch: int = 4, seed: int = 0) -> float:
-    """Max abs difference (env units) of the exported and the eager plan, same observations and noise."""
+def plan_differences(policy, exported, batch: int = 4, seed: int = 0) -> tuple[float, float]:
+    """Max abs difference of the exported and the eager plan, same observations and noise, in env
+    units and in normalized action units.
+
+    ``exported`` is a TorchScript module (torch tensors in and out) or an
+    :class:`~dpolicy.onnx_runtime.OnnxPolicy` (numpy arrays in and out).
+    """
     obs = example_observations(policy, batch=batch, seed=seed)
     noise, step_noise = noise_like_policy(policy, batch, torch.Generator(policy.device).manual_seed(seed))
     with torch.no_grad():
         eager = policy.predict_action(dict(zip(policy.obs_keys(), obs, strict=True)),
                                       generator=torch.Generator(policy.device).manual_seed(seed))["action_pred"]
-        exported = module.sample_with_noise(obs, noise, step_noise)
-    return float((eager - exported).abs().max())
+        if isinstance(exported, nn.Module):
+            plan = exported.sample_with_noise(obs, noise, step_noise)
+        else:
+            plan = torch.from_numpy(exported.sample_with_noise(
+                [x.cpu().numpy() for x in obs], noise.cpu().numpy(), step_noise.cpu().numpy())).to(eager.device)
+        diff = (eager - plan).abs()
+        scale = policy.normalizer.maps["action"].scale.detach().abs()
+    return float(diff.max()), float((diff * scale).max())
+
+
+def parity(policy, exported, batch: int = 4, seed: int = 0) -> float:
+    """Max abs difference (env units) of the exported and the eager plan (see :func:`plan_differences`)."""
+    return plan_differences(policy, exported, batch, seed)[0]
 
 
 def chunk_latency_ms(fn, repeats: int, warmup: int = 3) -> tuple[float, float]:
@@ -229,14 +307,12 @@ def chunk_latency_ms(fn, repeats: int, warmup: int = 3) -> tuple[float, float]:
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
-def write_export(policy, out_dir: Path, metadata: dict | None = None) -> tuple[Path, dict]:
-    """Write the archive, ``export.json`` and ``README.md`` to ``out_dir``; returns (archive, metadata)."""
+def _metadata(policy, coefficients: list[list[float]], clip: float, film_dim: int) -> dict:
+    """The fields both formats share: the observations, the sizes and the sampler."""
     import dpolicy
 
-    module = export_policy(policy)
-    clip = float(module.clip_range)
-    info = {
-        "format": EXPORT_FORMAT, "package_version": dpolicy.__version__, "archive": ARCHIVE_NAME,
+    return {
+        "package_version": dpolicy.__version__,
         "obs_keys": policy.obs_keys(),
         "obs": {key: {"shape": [int(s) for s in item["shape"]], "type": item.get("type", "low_dim"),
                       "dtype": "uint8" if item.get("type") == "rgb" else "float32"}
@@ -246,15 +322,130 @@ def write_export(policy, out_dir: Path, metadata: dict | None = None) -> tuple[P
         "scheduler": policy.inference_scheduler_name, "num_inference_steps": policy.num_inference_steps,
         "timesteps": [int(t) for t in policy.sampler.timesteps],
         "coefficients_columns": ["p", "q", "c0", "c1", "c2", "sigma"],
-        "coefficients": [list(row) for row in module.coefficients],
+        "coefficients": [list(row) for row in coefficients],
         "clip_sample": clip > 0, "clip_range": clip,
-        "film_dim": int(module.step_film.shape[1]),
-        **dict(metadata or {}),
+        "film_dim": int(film_dim),
     }
+
+
+_SECTION = re.compile(r"^(.+)\n-{3,}\n", re.MULTILINE)
+
+
+def readme_text(fmt: str, title: str) -> str:
+    """README of an export folder: the module docstring without the other format's section."""
+    body = __doc__.split("\n", 2)[2]  # one place for the sampling loop and how to call the export
+    parts = _SECTION.split(body)  # [introduction, title, text, title, text, ...]
+    other = "ONNX" if fmt == "torchscript" else "TorchScript"
+    sections = zip(parts[1::2], parts[2::2], strict=True)
+    keep = [parts[0]] + [f"{head}\n{'-' * len(head)}\n{text}" for head, text in sections
+                         if not head.startswith(other)]
+    return f"# {title}\n\n" + "".join(keep)
+
+
+def write_export(policy, out_dir: Path, metadata: dict | None = None) -> tuple[Path, dict]:
+    """Write the archive, ``export.json`` and ``README.md`` to ``out_dir``; returns (archive, metadata)."""
+    module = export_policy(policy)
+    clip = float(module.clip_range)
+    shared = _metadata(policy, module.coefficients, clip, int(module.step_film.shape[1]))
+    info = {"format": EXPORT_FORMAT, "package_version": shared.pop("package_version"), "archive": ARCHIVE_NAME,
+            **shared, **dict(metadata or {})}
     out_dir.mkdir(parents=True, exist_ok=True)
     archive = out_dir / ARCHIVE_NAME
     module.save(str(archive), _extra_files={METADATA_NAME: json.dumps(info)})
     (out_dir / METADATA_NAME).write_text(json.dumps(info, indent=2) + "\n")
-    title = f"# TorchScript export of {info.get('checkpoint', 'a dpolicy policy')}\n\n"
-    (out_dir / "README.md").write_text(title + __doc__.split("\n", 2)[2])  # how to call it, the sampling loop
+    title = f"TorchScript export of {info.get('checkpoint', 'a dpolicy policy')}"
+    (out_dir / "README.md").write_text(readme_text("torchscript", title))
     return archive, info
+
+
+# -------------------------------------------------------------------------------------------- ONNX
+def require_onnx(runtime: bool = True) -> None:
+    """:class:`~dpolicy.onnx_runtime.MissingOnnxError` unless the ONNX exporter (and onnxruntime) import."""
+    names = ["onnx", "onnxscript"] + (["onnxruntime"] if runtime else [])
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingOnnxError(f"the ONNX export needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+class _OnnxEncoder(nn.Module):
+    """The observation encoder with one positional input per key: one named graph input each."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.encoder = _ObservationEncoder(policy)
+
+    def forward(self, *obs: torch.Tensor) -> torch.Tensor:
+        return self.encoder(list(obs))
+
+
+@contextlib.contextmanager
+def _quiet_onnx_exporter():
+    """Silence the exporter's progress lines and its notes about optional packages (torchvision)."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def export_onnx(policy, out_dir: Path) -> tuple[Path, Path]:
+    """Write ``encoder.onnx`` and ``denoiser.onnx`` (dynamic batch) of a CPU policy; returns their paths."""
+    _check_exportable(policy)
+    require_onnx(runtime=False)
+    if policy.device.type != "cpu":
+        raise ExportError(f"the ONNX export is made on the CPU (the graphs do not depend on the device), got a "
+                          f"policy on {policy.device}: load it with device='cpu'")
+    policy.eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    obs = example_observations(policy, batch=2)  # batch 2: a batch of 1 would be taken for a constant
+    encoder = _OnnxEncoder(policy).eval()
+    with torch.no_grad():
+        film = encoder(*obs)
+    x = torch.zeros(2, policy.horizon, policy.action_dim)
+    batch = torch.export.Dim("batch")
+    paths = out_dir / ENCODER_NAME, out_dir / DENOISER_NAME
+    options = {"dynamo": True, "external_data": False, "verbose": False}
+    with torch.no_grad(), _quiet_onnx_exporter():
+        torch.onnx.export(encoder, tuple(obs), paths[0], input_names=policy.obs_keys(), output_names=["film"],
+                          dynamic_shapes=(tuple({0: batch} for _ in obs),), **options)
+        torch.onnx.export(_Denoiser(policy.model).eval(), (x, film), paths[1], input_names=["x", "film"],
+                          output_names=["out"], dynamic_shapes=({0: batch}, {0: batch}), **options)
+    return paths
+
+
+def onnx_metadata(policy, metadata: dict | None = None) -> dict:
+    """``export.json`` of an ONNX export: the shared fields, the step FiLM table and the action map."""
+    _check_exportable(policy)
+    step_film, coefficients, clip = _sampler_tables(policy)
+    action_map = policy.normalizer.maps["action"]
+    return {"format": ONNX_FORMAT, "encoder": ENCODER_NAME, "denoiser": DENOISER_NAME,
+            "encoder_inputs": policy.obs_keys(), "encoder_outputs": ["film"],
+            "denoiser_inputs": ["x", "film"], "denoiser_outputs": ["out"],
+            **_metadata(policy, coefficients, clip, int(step_film.shape[1])),
+            "step_film": step_film.detach().cpu().tolist(),
+            "action_scale": action_map.scale.detach().cpu().float().reshape(-1).tolist(),
+            "action_offset": action_map.offset.detach().cpu().float().reshape(-1).tolist(),
+            **dict(metadata or {})}
+
+
+def write_onnx_metadata(out_dir: Path, info: dict) -> Path:
+    """``export.json`` with one line per field (``step_film`` alone is K x F numbers)."""
+    path = out_dir / METADATA_NAME
+    path.write_text("{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in info.items()) + "\n}\n")
+    return path
+
+
+def write_onnx_export(policy, out_dir: Path, metadata: dict | None = None) -> dict:
+    """Write ``encoder.onnx``, ``denoiser.onnx``, ``export.json`` and ``README.md``; returns the metadata."""
+    info = onnx_metadata(policy, metadata)  # first: refuses samplers it cannot express before exporting
+    export_onnx(policy, out_dir)
+    write_onnx_metadata(out_dir, info)
+    title = f"ONNX export of {info.get('checkpoint', 'a dpolicy policy')}"
+    (out_dir / "README.md").write_text(readme_text("onnx", title))
+    return info
