@@ -180,3 +180,15 @@ def test_offline_metrics_of_an_exact_and_a_two_mode_policy(tmp_path):
                          val_ratio=0.0).get_validation_dataset()
     with pytest.raises(ValueError, match="no held-out windows"):
         evaluate_offline(OraclePolicy(0.0), empty)
+
+
+def test_the_evaluation_mode_follows_the_simulator_and_refuses_rollouts_without_one():
+    from dpolicy.training.trainer import evaluation_mode
+
+    assert evaluation_mode(compose_config("point_lowdim")) == "rollouts"
+    assert evaluation_mode(compose_config("point_lowdim", ["task.env_id=null"])) == "offline"
+    assert evaluation_mode(compose_config("toy_arm")) == "offline"  # a simulator, evaluated as without one
+    with pytest.raises(ConfigError, match="needs a simulator, but task.env_id is null"):
+        evaluation_mode(compose_config("point_lowdim", ["task.env_id=null", "training.eval.mode=rollouts"]))
+    with pytest.raises(ConfigError, match="expected auto, rollouts or offline"):
+        evaluation_mode(compose_config("point_lowdim", ["training.eval.mode=sometimes"]))
