@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("dpolicy.commands.collect", "collect demonstrations (scripted expert or mouse teleoperation)"),
     "bench": ("dpolicy.commands.bench", "benchmarks: env, data, train, infer"),
     "serve": ("dpolicy.commands.serve", "serve a checkpoint to robot clients over ZeroMQ"),
-    "export": ("dpolicy.commands.export", "export a checkpoint's networks to TorchScript or ONNX for other runtimes and languages"),
+    "export": ("dpolicy.commands.export", "export a checkpoint's networks to TorchScript or ONNX"),
     "convert-checkpoint": ("dpolicy.commands.convert_checkpoint",
                            "rewrite an old pickle (.pt) checkpoint in the safe format (needs --trust)"),
     "demo": ("dpolicy.commands.demo", "the newcomer's main job: train on the embedded data, evaluate, report"),
