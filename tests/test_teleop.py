@@ -153,3 +153,41 @@ def test_collect_teleop_appends_to_a_dataset_and_skips_used_seeds(tmp_path, monk
     assert dataset.episode_seeds == [5, 6]
     assert dataset.buffer.episode_lengths.tolist() == [2, 2]
     dataset.close()
+
+
+def test_recording_pauses_while_the_mouse_stays_still_and_resumes_when_it_moves(session):
+    agent = session.env.sim.agent_pos.copy()
+    post_mouse("down", agent)
+    session.tick()
+    post_mouse("move", agent + (20.0, 0.0))
+    session.tick()
+    assert session.status().startswith("RECORDING")
+    for _ in range(3 * session.idle_ticks):  # the person rests: no motion events at all
+        session.tick()
+    # the steps until the idle threshold are kept (the agent settles on its target), none after it
+    assert len(session.recorder) == session.idle_ticks + 1 and session.idle
+    assert session.status().startswith("IDLE")
+    state = session.env.sim.get_state()
+    session.tick()
+    np.testing.assert_array_equal(session.env.sim.get_state(), state)  # the scene waits too
+    post_mouse("move", agent + (20.0, 1.0))  # even a small motion resumes recording
+    session.tick()
+    assert not session.idle and len(session.recorder) == session.idle_ticks + 2
+    episode = session.recorder.episode()
+    np.testing.assert_allclose(episode["action"][-1], np.round((agent + (20.0, 1.0)) * 0.5) / 0.5)
+
+
+def test_the_panel_under_the_scene_shows_the_state_and_the_keys(session):
+    width, height = session.screen.get_size()
+    assert (width, height) == (session.size, session.size + session.panel_height)
+    assert session.panel_lines()[0].startswith("hover over or click the blue agent")
+    assert session.panel_lines()[2] == "S save   R retry   Space pause   Q quit"
+    waiting = session.panel()
+    assert waiting.shape == (session.panel_height, session.size, 3)
+    assert (waiting != waiting[0, 0]).any()  # text drawn on the background
+    post_key(pygame.K_SPACE)
+    session.tick()
+    assert session.panel_lines()[0].startswith("PAUSED") and not np.array_equal(session.panel(), waiting)
+    assert "PAUSED" in pygame.display.get_caption()[0]
+    drawn = pygame.surfarray.array3d(session.screen).transpose(1, 0, 2)
+    np.testing.assert_array_equal(drawn[session.size:], session.panel())

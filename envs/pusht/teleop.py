@@ -9,9 +9,13 @@ absolute target). Keys:
 - ``Space``: pause / resume;
 - ``Q``, ``Esc`` or closing the window: quit (an unsaved episode is discarded).
 
-The window only shows the scene; the caption carries the status line. :class:`TeleopSession` runs one
-control step per :meth:`~TeleopSession.tick`, which is how the tests drive it headless
-(``SDL_VIDEODRIVER=dummy``, with synthetic mouse and key events posted to pygame's queue).
+Recording pauses by itself once the cursor has stayed still for ``IDLE_SECONDS`` (the agent has
+settled on its target by then), so that a person thinking or resting adds no constant-action steps;
+the next mouse motion resumes it. A panel under the scene shows the instructions and the state
+(recording, waiting to be grabbed, paused, idle; episodes saved, step, coverage), also in the
+window title. :class:`TeleopSession` runs one control step per :meth:`~TeleopSession.tick`, which
+is how the tests drive it headless (``SDL_VIDEODRIVER=dummy``, with synthetic mouse and key events
+posted to pygame's queue).
 
 The session only produces what the person did: every saved episode goes to the caller's ``on_save``
 callback as a dict of numpy arrays (see :mod:`envs.pusht.recording`); storing it (e.g. into a zarr
@@ -23,6 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 
+import cv2
 import numpy as np
 
 from envs.pusht.env import PushTEnv
@@ -41,6 +46,13 @@ except ImportError as err:  # pragma: no cover - depends on the installation
 CONTROL_HZ = 10
 #: The agent is grabbed by a click or hover within this many px (world units) of its centre.
 GRAB_DISTANCE = AGENT_RADIUS + 5.0
+#: Seconds without cursor motion after which recording pauses until the mouse moves again.
+IDLE_SECONDS = 1.0
+#: Height of the instruction panel under the scene, in window px at scale 1.
+PANEL_HEIGHT = 72
+PANEL_COLOR = (30, 30, 30)
+TEXT_COLOR = (235, 235, 235)
+ALERT_COLOR = (255, 200, 60)
 #: Printed when a session starts.
 INSTRUCTIONS = ("Push the T onto the green target. Hover over or click the blue agent to grab it; it then "
                 "follows the mouse.\nS: save the episode (a success saves itself)  R: discard and retry  "
@@ -74,9 +86,10 @@ class TeleopSession:
         self.seeds = seeds
         self.scale = float(scale)
         self.size = max(64, round(WORKSPACE_SIZE * self.scale))
+        self.panel_height = max(24, round(PANEL_HEIGHT * self.scale))
         try:
-            pygame.display.init()  # the display alone: no audio, no fonts
-            self.screen = pygame.display.set_mode((self.size, self.size))
+            pygame.display.init()  # the display alone: no audio, no fonts (the panel text is drawn with OpenCV)
+            self.screen = pygame.display.set_mode((self.size, self.size + self.panel_height))
         except pygame.error as err:
             raise TeleopUnavailable(f"cannot open the teleoperation window ({err}); run it on a machine "
                                     "with a display (SDL_VIDEODRIVER=dummy gives a headless window for "
@@ -86,6 +99,8 @@ class TeleopSession:
         self.saved = 0
         self.paused = False
         self.cursor: np.ndarray | None = None  # world px
+        self.idle_ticks = round(IDLE_SECONDS * CONTROL_HZ)
+        self.still_ticks = 0  # ticks since the cursor last moved
         self._new_episode(next(self.seeds))
 
     # ------------------------------------------------------------------ episodes
@@ -129,7 +144,10 @@ class TeleopSession:
                 elif event.key == pygame.K_SPACE:
                     self.paused = not self.paused
             elif event.type in (pygame.MOUSEMOTION, pygame.MOUSEBUTTONDOWN):
-                self.cursor = self._to_world(event.pos)
+                cursor = self._to_world(event.pos)
+                if self.cursor is None or not np.array_equal(cursor, self.cursor):
+                    self.still_ticks = -1  # counted up to 0 by this tick
+                self.cursor = cursor
                 if not self.grabbed and self._near_agent(self.cursor):
                     self.grabbed = True
         return True
@@ -141,7 +159,8 @@ class TeleopSession:
         """
         if not self.handle_events():
             return False
-        if self.grabbed and not self.paused and self.cursor is not None:
+        self.still_ticks += 1
+        if self.grabbed and not self.paused and not self.idle and self.cursor is not None:
             _, _, terminated, _, info = self.recorder.step(self.env, self.cursor)
             self.coverage = info["coverage"]
             if terminated:
@@ -149,18 +168,47 @@ class TeleopSession:
         self.draw()
         return True
 
+    @property
+    def idle(self) -> bool:
+        """True while recording waits for the cursor to move again (it has been still too long)."""
+        return self.grabbed and self.still_ticks >= self.idle_ticks
+
+    def status(self) -> str:
+        """What the session is doing, as the panel says it."""
+        if self.paused:
+            return "PAUSED - press Space to go on"
+        if not self.grabbed:
+            return "hover over or click the blue agent to start"
+        if self.idle:
+            return "IDLE - recording paused, move the mouse to go on"
+        return "RECORDING - push the T onto the green target"
+
+    def panel_lines(self) -> list[str]:
+        """The three lines of the panel: state, counters, keys."""
+        return [self.status(),
+                f"saved {self.saved}   seed {self.seed}   step {len(self.recorder)}   coverage {self.coverage:.2f}",
+                "S save   R retry   Space pause   Q quit"]
+
+    def panel(self) -> np.ndarray:
+        """The instruction panel as an RGB image (panel_height, size, 3)."""
+        image = np.empty((self.panel_height, self.size, 3), dtype=np.uint8)
+        image[:] = PANEL_COLOR
+        line_height = self.panel_height / 3
+        font_scale = 0.45 * self.scale
+        for i, text in enumerate(self.panel_lines()):
+            color = ALERT_COLOR if i == 0 and (self.paused or self.idle or not self.grabbed) else TEXT_COLOR
+            baseline = round((i + 0.75) * line_height)
+            cv2.putText(image, text, (round(6 * self.scale), baseline), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                        color, 1, cv2.LINE_AA)
+        return image
+
     def draw(self) -> None:
         target = self.cursor if self.grabbed else None
         frame = render_state(self.env.sim.get_state(), self.size, target=target)
-        pygame.surfarray.blit_array(self.screen, frame.transpose(1, 0, 2))
+        window = np.concatenate([frame, self.panel()], axis=0)
+        pygame.surfarray.blit_array(self.screen, window.transpose(1, 0, 2))
         pygame.display.flip()
-        status = "recording" if self.grabbed else "hover over or click the blue agent"
-        if self.paused:
-            status = "PAUSED"
-
-        pygame.display.set_caption(f"Push-T teleop | saved {self.saved} | seed {self.seed} | step "
-                                   f"{len(self.recorder)} | coverage {self.coverage:.2f} | {status} | "
-                                   "S save, R retry, Space pause, Q quit")
+        pygame.display.set_caption(f"Push-T teleop | {self.status()} | saved {self.saved}")
 
     def run(self, fps: float = CONTROL_HZ) -> int:
         """Run until the user quits, at ``fps`` control steps per second; returns the episodes saved."""
