@@ -1,7 +1,8 @@
 """The "bring your own robot" path at toy scale, from config alone: a 7-DoF arm with two cameras and a
 gripper is recorded by the example script, trained from configs/toy_arm.yaml (declared keys, offline
-evaluation on held-out episodes), evaluated offline by `dpolicy eval`, served by `dpolicy serve`, and
-driven through that server by the real-time runner against the simulated arm at 20 Hz."""
+evaluation on held-out episodes), evaluated offline by `dpolicy eval`, exported to ONNX, served by
+`dpolicy serve`, and driven through that server by the real-time runner against the simulated arm at
+20 Hz."""
 
 from __future__ import annotations
 
@@ -80,6 +81,27 @@ def test_dpolicy_eval_scores_the_arm_offline_and_names_its_held_out_episodes(tra
                     "--out", str(tmp / "other"))
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp / "other" / "metrics.json").read_text())["n_episodes"] == 10
+
+
+@pytest.mark.slow
+def test_the_arm_policy_exports_to_onnx_and_runs_without_torch_on_a_camera_frame(trained):
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers envs/ToyArm-v0)
+    from dpolicy.onnx_runtime import OnnxPolicy
+
+    tmp, _, _ = trained
+    out = run_cli("export", str(tmp / "run" / "checkpoints" / "latest.safetensors"), "--format", "onnx",
+                  "--out", str(tmp / "onnx"), "--threads", "1", "--latency-repeats", "0")
+    assert out.returncode == 0, out.stderr
+    assert " ok" in out.stdout.splitlines()[1], out.stdout  # the parity line
+    exported = OnnxPolicy(tmp / "onnx", intra_op_num_threads=1)
+    env = gym.make("envs/ToyArm-v0")
+    obs, _ = env.reset(seed=3)
+    window = {key: np.repeat(np.asarray(value)[None, None], 2, axis=1) for key, value in obs.items()}
+    action, plan = exported.predict(window, rng=np.random.default_rng(0))
+    assert action.shape == (1, 4, 8) and plan.shape == (1, 8, 8) and np.isfinite(plan).all()
+    env.close()
 
 
 @pytest.mark.slow
