@@ -19,7 +19,7 @@ Root attributes: ``env_id``, ``env_kwargs``, ``fps``, ``source``, ``seed``, ``ep
 
 Example::
 
-    python scripts/make_toy_arm_dataset.py --out data/toy_arm.zarr --episodes 100
+    python scripts/make_toy_arm_dataset.py --out data/toy_arm.zarr --episodes 200
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def record_episode(env: gym.Env, expert: ArmExpert, seed: int) -> tuple[dict[str
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path, help="dataset directory to create (must not exist)")
-    parser.add_argument("--episodes", type=int, default=100, help="successful episodes to record (default 100)")
+    parser.add_argument("--episodes", type=int, default=200, help="successful episodes to record (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="reset seed of the first episode (default 0)")
     parser.add_argument("--camera-size", type=int, default=32, help="side of the camera images in px (default 32)")
     args = parser.parse_args(argv)
