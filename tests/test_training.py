@@ -196,7 +196,11 @@ def test_a_signalled_run_checkpoints_exits_cleanly_and_resumes(toy_dataset, tmp_
         try:
             _wait_until_training(proc, run, err_path)
             proc.send_signal(sig)  # SIGINT is what Ctrl-C sends
-            rc = proc.wait(timeout=60)
+            try:
+                rc = proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"training did not exit within 120 s of {sig.name}; its output ends with:\n"
+                            f"{out_path.read_text()[-1500:]}\n{err_path.read_text()[-3000:]}")
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -381,7 +381,7 @@ def evaluation_mode(cfg: DictConfig) -> str:
 
     ``training.eval.mode: auto`` (the default) rolls out when the task names an environment.
     """
-    mode = str(cfg.training.eval.get("mode", "auto"))
+    mode = str(OmegaConf.select(cfg, "training.eval.mode", default="auto"))
     if mode not in ("auto", "rollouts", "offline"):
         raise ConfigError(f"training.eval.mode is {mode!r}; expected auto, rollouts or offline")
     has_env = bool(cfg.task.get("env_id"))
