@@ -190,5 +190,10 @@ def test_the_evaluation_mode_follows_the_simulator_and_refuses_rollouts_without_
     assert evaluation_mode(compose_config("toy_arm")) == "offline"  # a simulator, evaluated as without one
     with pytest.raises(ConfigError, match="needs a simulator, but task.env_id is null"):
         evaluation_mode(compose_config("point_lowdim", ["task.env_id=null", "training.eval.mode=rollouts"]))
+    from omegaconf import OmegaConf
+
+    # a config without a training section (an older checkpoint's, a hand-made one) still has a mode
+    assert evaluation_mode(OmegaConf.create({"task": {"env_id": None}})) == "offline"
+    assert evaluation_mode(OmegaConf.create({"task": {"env_id": "envs/PushT-v0"}})) == "rollouts"
     with pytest.raises(ConfigError, match="expected auto, rollouts or offline"):
         evaluation_mode(compose_config("point_lowdim", ["training.eval.mode=sometimes"]))
