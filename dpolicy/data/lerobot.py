@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpolicy.data.replay_buffer import ReplayBuffer
+from dpolicy.data.replay_buffer import ReplayBuffer, is_image_name
 from dpolicy.errors import DatasetError, UsageError, UserError
 
 __all__ = ["CODEBASE_VERSION", "ExportSummary", "ImportSummary", "available_codecs", "export_lerobot",
@@ -90,7 +90,6 @@ GOP = 2
 #: Zarr keys the data layer needs as floating point (EXPECTED_DTYPES in replay_buffer.py).
 FLOAT_KEYS = ("action", "state", "keypoint")
 INSTALL_HINT = 'pip install "dpolicy[lerobot]"'
-_IMAGE_NAMES = ("img", "image", "rgb")
 _PARQUET_META_KEY = b"dpolicy"
 
 
@@ -120,10 +119,6 @@ def zarr_to_lerobot_name(key: str, video: bool) -> str:
     if key == "action":
         return key
     return f"observation.images.{key}" if video else f"observation.{key}"
-
-
-def _is_image_name(key: str) -> bool:
-    return key in _IMAGE_NAMES or key.endswith(tuple(f"_{name}" for name in _IMAGE_NAMES))
 
 
 # ---------------------------------------------------------------------------------- atomic output
@@ -817,7 +812,7 @@ def _export_plan(buffer: ReplayBuffer) -> list[_Export]:
         array = buffer[key]
         step_shape, dtype = tuple(int(d) for d in array.shape[1:]), np.dtype(array.dtype).newbyteorder("=")
         video = len(step_shape) == 3 and step_shape[2] == 3 and (
-            dtype == np.uint8 or (dtype.kind == "f" and _is_image_name(key)))
+            dtype == np.uint8 or (dtype.kind == "f" and is_image_name(key)))
         name = recorded.get(key)
         if not isinstance(name, str) or not name or "/" in name or name in BOOKKEEPING or (
                 video != name.startswith("observation.images.")):

@@ -97,6 +97,11 @@ EXPECTED_DTYPES: dict[str, tuple[str, Callable[[np.dtype], bool]]] = {
 _IMAGE_NAMES = ("img", "image", "rgb")
 
 
+def is_image_name(key: str) -> bool:
+    """Whether an array named ``key`` holds images by the data layer's naming (img, image, rgb, *_img, ...)."""
+    return key in _IMAGE_NAMES or key.endswith(tuple(f"_{suffix}" for suffix in _IMAGE_NAMES))
+
+
 class ReplayBuffer:
     """Episodes of a zarr demonstration dataset; see the module docstring for the layout.
 
@@ -649,8 +654,7 @@ def _meta_file(name: str, fmt: int, group: bool = False) -> str:
 def _expected_dtype(name: str) -> tuple[str, Callable[[np.dtype], bool]]:
     if name in EXPECTED_DTYPES:
         return EXPECTED_DTYPES[name]
-    key = name.rsplit("/", 1)[-1]
-    if key in _IMAGE_NAMES or key.endswith(tuple(f"_{suffix}" for suffix in _IMAGE_NAMES)):
+    if is_image_name(name.rsplit("/", 1)[-1]):
         return _IMAGES
     return _NUMERIC
 

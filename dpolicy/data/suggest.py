@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dpolicy.data.lerobot import BOOKKEEPING as LEROBOT_BOOKKEEPING
 from dpolicy.data.replay_buffer import ReplayBuffer
 
 #: Arrays that index the frames rather than describe them (LeRobot's bookkeeping columns).
-BOOKKEEPING = {"timestamp", "frame_index", "episode_index", "index", "task_index"}
+BOOKKEEPING = set(LEROBOT_BOOKKEEPING)
 #: Smallest side, in feature-map pixels, left for the spatial softmax after the ResNet.
 MIN_FEATURE_SIDE = 3
 
