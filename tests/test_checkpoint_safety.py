@@ -155,3 +155,41 @@ def test_a_truncated_header_is_refused_before_parsing(tmp_path, good_checkpoint)
         path.write_bytes(blob[:cut])
         with pytest.raises(CheckpointError, match=f"cut{cut}.safetensors"):
             load_policy(path)
+
+
+def test_a_checkpoint_replaced_while_it_is_being_opened_reads_one_whole_version(tmp_path, good_checkpoint,
+                                                                                monkeypatch):
+    """A run rewrites latest.safetensors (atomically) while a user or a monitor opens it: the read
+    returns one whole version, never one version's layout over the other's bytes."""
+    source = read_checkpoint(good_checkpoint)
+    meta = {k: v for k, v in source.meta.items() if k in ("config", "shape_meta", "step")}
+    weights = source.weights(use_ema=False)
+    path = tmp_path / "latest.safetensors"
+    save_checkpoint(path, meta, weights)
+    replaced = []
+
+    def replace_once():
+        if not replaced:  # the run's next save lands while the file is being opened
+            replaced.append(True)
+            save_checkpoint(path, {**meta, "step": 12345, "note": "a longer header than before"},
+                            {k: v + 1 if _is_float(v) else v for k, v in weights.items()})
+
+    original_from_file = torch.UntypedStorage.from_file
+
+    def replace_then_map(*args, **kwargs):  # torch's mapping of the file, if a reader used one
+        replace_once()
+        return original_from_file(*args, **kwargs)
+
+    monkeypatch.setattr(torch.UntypedStorage, "from_file", replace_then_map)
+    checkpoint = read_checkpoint(path)
+    replace_once()  # after the file was opened, if the reader never mapped it a second time
+    read = checkpoint.weights(use_ema=False)
+    shift = 1 if checkpoint.step == 12345 else 0
+    assert checkpoint.step in (meta["step"], 12345)
+    for name, value in weights.items():
+        if _is_float(value):
+            assert torch.equal(read[name], value + shift), name
+
+
+def _is_float(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()

@@ -128,8 +128,6 @@ def _assert_same_state(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="intermittent: a checkpoint read can race the running training's replace "
-                          "(open bug)", strict=False)
 def test_killed_run_resumes_exactly(toy_dataset, tmp_path):
     steps = "training.max_steps=120"
     straight = tmp_path / "straight"
@@ -188,9 +186,7 @@ def _wait_until_training(proc: subprocess.Popen, run_dir: Path, err_path: Path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.xfail(
-    reason="intermittent under a loaded suite: the run sometimes does not exit after SIGINT (open bug)",
-    strict=False))], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signalled_run_checkpoints_exits_cleanly_and_resumes(toy_dataset, tmp_path, sig):
     run, max_steps = tmp_path / "run", 100_000  # far more than it gets to before the signal
     out_path, err_path = tmp_path / "stdout.txt", tmp_path / "stderr.txt"

@@ -260,14 +260,18 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    size = path.stat().st_size
     with path.open("rb") as f:
+        # The size of the opened file, not of the path: a run may replace the path meanwhile.
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         declared = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
         blob = head + f.read(min(declared, MAX_HEADER_BYTES) + 1 if len(head) == 8 else 0)
     _read_header(path, blob, size)  # legacy, truncated or foreign files fail here, before safetensors parses
     try:
-        handle = safe_open(str(path), framework="pt", device="cpu")
+        # framework="numpy" reads tensors from the file safetensors opened here; the torch backend
+        # opens the path a second time, which a run replacing latest.safetensors meanwhile turns
+        # into one version's layout over the other version's bytes.
+        handle = safe_open(str(path), framework="numpy")
         names = list(handle.keys())
         # The document comes from the opened (memory-mapped) file itself, so a checkpoint replaced
         # meanwhile (a training run writing latest.safetensors) cannot mix two versions.
@@ -307,7 +311,7 @@ class _TensorGroups(Mapping):
             from safetensors import SafetensorError
 
             try:
-                self._loaded[group] = {name: self._handle.get_tensor(f"{group}.{name}").to(self._device)
+                self._loaded[group] = {name: _as_tensor(self._handle.get_tensor(f"{group}.{name}"), self._device)
                                        for name in self._layout[group]}
             except (SafetensorError, ValueError, RuntimeError, OverflowError, OSError) as exc:
                 raise CheckpointError(f"{self._path}: corrupt tensor data in {group!r} "
@@ -319,6 +323,10 @@ class _TensorGroups(Mapping):
 
     def __len__(self) -> int:
         return len(self._layout)
+
+
+def _as_tensor(array: np.ndarray, device) -> torch.Tensor:
+    return torch.from_numpy(array if array.flags.writeable else array.copy()).to(device)
 
 
 # ------------------------------------------------------------------------------------ policies

@@ -169,9 +169,19 @@ class Trainer:
         t = self.tcfg
         max_steps, max_seconds = int(t.max_steps), (float(t.max_minutes) * 60 if t.get("max_minutes") else None)
         stop_requested = {"flag": False}
-        previous_handler = signal.getsignal(signal.SIGTERM)
+
+        def request_stop(signum, _frame):
+            # SIGTERM and a first Ctrl-C stop at the next step boundary, so the checkpoint is written
+            # from a consistent state; a second Ctrl-C stops at once.
+            if signum == signal.SIGINT and stop_requested["flag"]:
+                raise KeyboardInterrupt
+            stop_requested["flag"] = True
+
+        handled = (signal.SIGTERM, signal.SIGINT)
+        previous_handlers = {s: signal.getsignal(s) for s in handled}
         if self.ctx.is_main and not self.ctx.enabled:
-            signal.signal(signal.SIGTERM, lambda *_: stop_requested.update(flag=True))
+            for s in handled:
+                signal.signal(s, request_stop)
 
         bar = tqdm(total=max_steps, initial=self.step, disable=not self.ctx.is_main or not t.progress,
                    desc="train", dynamic_ncols=True)
@@ -225,7 +235,8 @@ class Trainer:
         finally:
             bar.close()
             if self.ctx.is_main and not self.ctx.enabled:
-                signal.signal(signal.SIGTERM, previous_handler)
+                for s, handler in previous_handlers.items():
+                    signal.signal(s, handler)
 
         if self.ctx.is_main:
             self._save(LATEST)
