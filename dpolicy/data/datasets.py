@@ -16,7 +16,7 @@ each window, actions all ``horizon`` steps.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -335,9 +335,17 @@ def make_pusht_lowdim_dataset(path: str | Path, horizon: int = 16, n_obs_steps: 
 
 def make_pusht_image_dataset(path: str | Path, horizon: int = 16, n_obs_steps: int = 2,
                              n_action_steps: int = 8, val_ratio: float = 0.02, seed: int = 42,
-                             max_train_episodes: int | None = None) -> WindowDataset:
-    """Push-T from images: "image" (96, 96, 3) uint8 from data/img and "agent_pos" (2,) from data/state."""
-    return WindowDataset(path, PUSHT_IMAGE_OBS, horizon=horizon, n_obs_steps=n_obs_steps,
+                             max_train_episodes: int | None = None,
+                             image_frames: int | None = None) -> WindowDataset:
+    """Push-T from images: "image" (96, 96, 3) uint8 from data/img and "agent_pos" (2,) from data/state.
+
+    ``image_frames``: how many of the newest images the policy encodes (None: all ``n_obs_steps``);
+    the agent position keeps every frame.
+    """
+    obs = dict(PUSHT_IMAGE_OBS)
+    if image_frames is not None:
+        obs["image"] = replace(obs["image"], frames=int(image_frames))
+    return WindowDataset(path, obs, horizon=horizon, n_obs_steps=n_obs_steps,
                          n_action_steps=n_action_steps, val_ratio=val_ratio, seed=seed,
                          max_train_episodes=max_train_episodes)
 
