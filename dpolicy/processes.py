@@ -1,4 +1,5 @@
-"""Worker processes that never outlive the process that started them.
+"""Process helpers: worker processes that never outlive the process that started them, and the
+process's peak memory.
 
 A pool's workers normally learn that their parent is gone only when they next talk to it; a
 parent killed by SIGKILL (or the OOM killer) leaves them running, holding CPU and memory on the
@@ -9,6 +10,8 @@ robot's computer. :func:`exit_with_parent`, called in a worker at start-up, ends
 from __future__ import annotations
 
 import os
+import resource
+import sys
 import threading
 import time
 
@@ -41,3 +44,9 @@ def exit_with_parent(parent_pid: int, poll_s: float = PARENT_POLL_S) -> None:
                 os._exit(1)  # no cleanup handlers: the owner that would use the results is gone
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS reports bytes, Linux KiB

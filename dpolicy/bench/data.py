@@ -9,7 +9,6 @@ Without the human dataset (or with --synthetic) a random dataset of the same siz
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dpolicy.paths import human_pusht_path
+from dpolicy.processes import peak_rss_mb
 
 #: Size of the synthetic stand-in: the human set's episode count and total steps.
 SYNTHETIC_EPISODES = 206
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"writing a synthetic dataset ({SYNTHETIC_EPISODES} episodes, {SYNTHETIC_STEPS} steps) ...")
             write_synthetic_pusht(path, synthetic_lengths()).close()
         print(f"dataset: {path}")
-        print(f"torch threads: {torch.get_num_threads()}; peak RSS after imports: {_peak_rss_mb():.0f} MB")
+        print(f"torch threads: {torch.get_num_threads()}; peak RSS after imports: {peak_rss_mb():.0f} MB")
 
         start = time.perf_counter()
         lowdim = make_pusht_lowdim_dataset(path)
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
               f"{image.nbytes / 1e9:.2f} GB of arrays in memory (images uint8)")
         rate = _windows_per_second(image, args.image_batch, args.seconds)
         print(f"image batches of {args.image_batch} (2 frames each): {rate:,.0f} windows/s (target >= 2,000)")
-        print(f"peak RSS: {_peak_rss_mb():.0f} MB (target <= 1,536 MB)")
+        print(f"peak RSS: {peak_rss_mb():.0f} MB (target <= 1,536 MB)")
     return 0
 
 
@@ -88,7 +88,3 @@ def _windows_per_second(dataset, batch_size: int, seconds: float) -> float:
         dataset.get_batch(rng.integers(0, len(dataset), batch_size))
         windows += batch_size
     return windows / (time.perf_counter() - start)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -71,6 +71,7 @@ def untrained_policy(config: str = "pusht_lowdim", overrides: tuple[str, ...] = 
 
     import envs  # noqa: F401 (registers the environments)
     from dpolicy.config import compose_config
+    from dpolicy.data.datasets import observation_frames
     from dpolicy.data.normalizer import Normalizer
     from dpolicy.training.checkpoint import build_policy
 
@@ -87,6 +88,9 @@ def untrained_policy(config: str = "pusht_lowdim", overrides: tuple[str, ...] = 
         if is_image:
             image_keys.append(key)
         bounds[key] = np.stack([space.low, space.high]).astype(np.float32)
+    for key, frames in observation_frames(cfg.task.dataset).items():
+        if key in shape_meta["obs"]:
+            shape_meta["obs"][key]["frames"] = frames
     policy = build_policy(cfg, shape_meta, Normalizer.fit(bounds, image_keys=tuple(image_keys)))
     return policy, cfg, shape_meta
 

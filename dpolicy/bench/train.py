@@ -9,7 +9,11 @@ observation encoder, noising, UNet) + backward + AdamW. Variants:
 - ``matmul-bf16``: the same under ``torch.autocast("cpu", dtype=torch.bfloat16)``: matrix products
   in bf16; normalization, activations, loss and weights in float32;
 - ``compiled-bf16``: ``matmul-bf16`` with the networks through ``torch.compile`` (``training.compile``);
-  its one-off compilation shows in the ``first step`` column.
+  its one-off compilation shows in the ``first step`` column;
+- ``compiled-fp32``: the same in float32 (what ``bf16: auto`` trains with on a CPU without bf16 units).
+
+``--experiments pusht_image ...`` adds rows for whole policies built from experiment configs
+(image encoder included) at their own batch size, on synthetic uint8 frames.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ VARIANTS = {
     "matmul-fp32": {"conv_impl": "matmul", "bf16": False, "fused": True},
     "matmul-bf16": {"conv_impl": "matmul", "bf16": True, "fused": True},
     "compiled-bf16": {"conv_impl": "matmul", "bf16": True, "fused": True, "compile": True},
+    "compiled-fp32": {"conv_impl": "matmul", "bf16": False, "fused": True, "compile": True},
 }
 
 
@@ -76,6 +81,22 @@ def build_policy(model_config: dict, horizon: int = 16, n_obs_steps: int = 2, **
                                  "action": torch.rand(256, ACTION_DIM, generator=gen) * 512})
     return DiffusionPolicy(spec, normalizer, horizon=horizon, n_obs_steps=n_obs_steps,
                            n_action_steps=min(8, horizon - n_obs_steps + 1), **model_config, **kwargs)
+
+
+def experiment_policy(name: str, conv_impl: str) -> tuple[torch.nn.Module, dict, int]:
+    """``(policy, synthetic batch, batch size)`` for the experiment config ``name`` (random weights)."""
+    from dpolicy.bench.realtime import untrained_policy
+
+    policy, cfg, shape_meta = untrained_policy(name, (f"++policy.conv_impl={conv_impl}",))
+    batch_size, horizon, n_obs_steps = int(cfg.training.batch_size), int(cfg.horizon), int(cfg.n_obs_steps)
+    gen = torch.Generator().manual_seed(1)
+    obs = {}
+    for key, item in shape_meta["obs"].items():
+        shape = (batch_size, n_obs_steps, *item["shape"])
+        obs[key] = (torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8) if item["type"] == "rgb"
+                    else torch.rand(shape, generator=gen) * 512)
+    action = torch.rand(batch_size, horizon, *shape_meta["action"]["shape"], generator=gen) * 512
+    return policy, {"obs": obs, "action": action}, batch_size
 
 
 def synthetic_batch(batch_size: int, horizon: int, n_obs_steps: int) -> dict:
@@ -131,7 +152,12 @@ def time_training(policy: DiffusionPolicy, batch: dict, bf16: bool, fused: bool,
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.set_defaults(configs=None)  # paper and cpu, unless only --experiments are named
+    parser.add_argument("--batch-size", type=int, default=256, help="batch of the UNet rows")
+    parser.add_argument("--experiments", nargs="*", default=[],
+                        help="measure whole diffusion policies of these experiment configs (e.g. pusht_image "
+                             "pusht_image_paper), image encoder included, at the config's batch size; "
+                             "alone, it skips the UNet presets")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         default=[v for v in VARIANTS if not VARIANTS[v].get("compile")],
                         help="what to measure (default: the eager ones; compiled-bf16 first compiles for ~2 min)")
@@ -142,32 +168,38 @@ def run(args: argparse.Namespace) -> int:
 
     note = setup_threads(args)
     seconds = 8.0 if args.seconds is None else args.seconds
-    configs = model_configs(args)
-    print(f"dpolicy bench train: batch {args.batch_size}, horizon {args.horizon}, To {args.n_obs_steps}, "
-          f"obs {OBS_DIM}; {note}")
+    if args.configs is None:
+        args.configs = [] if args.experiments else ["paper", "cpu"]
+    configs = model_configs(args) if args.configs or args.down_dims or not args.experiments else {}
+    print(f"dpolicy bench train: UNet rows batch {args.batch_size}, horizon {args.horizon}, To {args.n_obs_steps}, "
+          f"obs {OBS_DIM}; experiment rows at their config's batch; {note}")
     batch = synthetic_batch(args.batch_size, args.horizon, args.n_obs_steps)
     rows = []
-    jobs = [(name, variant) for name in configs for variant in args.variants]
+    jobs = [(name, variant) for name in [*configs, *args.experiments] for variant in args.variants]
     for name, variant in tqdm(jobs, desc="train bench", leave=False):
         options = VARIANTS[variant]
         torch.manual_seed(0)
-        policy = build_policy(configs[name], args.horizon, args.n_obs_steps, conv_impl=options["conv_impl"])
+        if name in configs:
+            policy, job_batch, batch_size = build_policy(configs[name], args.horizon, args.n_obs_steps,
+                                                         conv_impl=options["conv_impl"]), batch, args.batch_size
+        else:
+            policy, job_batch, batch_size = experiment_policy(name, options["conv_impl"])
         n_params = sum(p.numel() for p in policy.parameters())
         if options.get("compile"):
             compile_networks(policy)
-        per_step, cpu_per_step, n_steps, first_step = time_training(policy, batch, options["bf16"],
+        per_step, cpu_per_step, n_steps, first_step = time_training(policy, job_batch, options["bf16"],
                                                                     options["fused"], seconds)
-        rows.append((name, variant, n_params, per_step, cpu_per_step, n_steps, first_step))
+        rows.append((name, variant, n_params, batch_size, per_step, cpu_per_step, n_steps, first_step))
         del policy
 
-    baseline = {row[0]: row[3] for row in rows if row[1] == "native-fp32"}
-    print(f"{'config':<22}{'variant':<14}{'params':>9}{'ms/step':>10}{'samples/s':>11}{'speedup':>8}"
-          f"{'samples/cpu-s':>15}{'steps':>7}{'first step':>12}  original")
-    for name, variant, n_params, per_step, cpu_per_step, n_steps, first_step in rows:
+    baseline = {row[0]: row[4] for row in rows if row[1] == "native-fp32"}
+    print(f"{'config':<22}{'variant':<14}{'params':>9}{'batch':>6}{'ms/step':>10}{'steps/s':>8}{'samples/s':>11}"
+          f"{'speedup':>8}{'samples/cpu-s':>15}{'steps':>7}{'first step':>12}  original")
+    for name, variant, n_params, batch_size, per_step, cpu_per_step, n_steps, first_step in rows:
         ratio = f"{baseline[name] / per_step:.2f}x" if name in baseline else "-"
         original = ORIGINAL_SAMPLES_PER_S.get(name, "-")
-        print(f"{name:<22}{variant:<14}{n_params / 1e6:>8.1f}M{per_step * 1e3:>10.0f}"
-              f"{args.batch_size / per_step:>11.1f}{ratio:>8}{args.batch_size / cpu_per_step:>15.1f}"
+        print(f"{name:<22}{variant:<14}{n_params / 1e6:>8.1f}M{batch_size:>6}{per_step * 1e3:>10.0f}"
+              f"{1 / per_step:>8.2f}{batch_size / per_step:>11.1f}{ratio:>8}{batch_size / cpu_per_step:>15.1f}"
               f"{n_steps:>7}{first_step:>11.1f}s  {original}")
     print("speedup: wall-clock against native-fp32 of the same config; samples/cpu-s: per CPU-second of "
           "all threads\n(robust on a busy machine); first step: wall seconds, compilation included for "

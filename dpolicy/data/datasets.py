@@ -358,6 +358,19 @@ DATASET_PRESETS: dict[str, Callable[..., WindowDataset]] = {
 }
 
 
+def observation_frames(dataset_cfg: Mapping) -> dict[str, int]:
+    """``{key: frames}`` for the observation keys a ``task.dataset`` section limits to their newest
+    frames, read from the config alone (no data), e.g. to build a policy without the dataset."""
+    preset = dataset_cfg.get("preset")
+    if preset == "pusht_image":
+        frames = dataset_cfg.get("image_frames")
+        return {} if frames is None else {"image": int(frames)}
+    if preset is None:
+        return {key: int(entry["frames"]) for key, entry in (dataset_cfg.get("obs") or {}).items()
+                if isinstance(entry, Mapping) and entry.get("frames") is not None}
+    return {}
+
+
 def build_dataset(dataset_cfg: Mapping) -> WindowDataset:
     """The dataset a config's ``task.dataset`` section describes: declared ``obs`` + ``action``
     (:func:`make_dataset`), or a ``preset`` + its arguments."""

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from dpolicy.config import check_writable, validate_config
 from dpolicy.data.datasets import build_dataset
 from dpolicy.errors import ConfigError
+from dpolicy.processes import peak_rss_mb
 from dpolicy.training.checkpoint import LATEST, build_policy, read_checkpoint, save_checkpoint
 from dpolicy.training.devices import resolve_bf16, resolve_device
 from dpolicy.training.logging import RunLogger
@@ -241,7 +242,8 @@ class Trainer:
         if self.ctx.is_main:
             self._save(LATEST)
         summary = {"step": self.step, "epoch": self.epoch, "train_minutes": self.elapsed_s / 60,
-                   "interrupted": interrupted, "run_dir": str(self.run_dir), "top_k": self.top_k}
+                   "interrupted": interrupted, "run_dir": str(self.run_dir), "top_k": self.top_k,
+                   "peak_rss_mb": peak_rss_mb()}
         if self.ctx.is_main:
             if not interrupted and int(t.eval_every) > 0 and self.step % int(t.eval_every) != 0:
                 summary["final_eval"] = self._evaluate()
