@@ -103,25 +103,34 @@ def collection_seeds(start: int, skip=()) -> Iterator[int]:
 # ====================================================================== the dataset side
 
 class DemoDataset:
-    """A zarr dataset being collected into: episodes plus the seeds that made them.
+    """A zarr dataset being collected into: episodes plus the seeds and sources that made them.
 
-    Opening an existing dataset resumes it (its ``collector`` settings must equal ``collector``);
-    otherwise a new one is created. Crash safety: the seed list is written before the episode, and
-    the episode append is atomic, so after a crash the first ``n_episodes`` seeds are exactly the
-    committed episodes' (a seed written for an episode that never committed is dropped on reopen).
+    Opening an existing dataset resumes it (its ``collector`` settings must equal ``collector``;
+    ``collector=None`` adopts the stored ones, to aggregate other episodes into it, as DAgger does);
+    otherwise a new one is created. Every episode has a source (``episode_sources``: ``"demonstration"``
+    for the collector's own episodes, ``"dagger:<round>"`` for relabelled ones). Crash safety: an
+    episode and its seed and source are committed in one atomic write (datasets written before that
+    stored the seed first: an extra seed left by a crash is dropped on reopen).
     """
 
-    def __init__(self, path: str | Path, collector: dict):
+    #: Source of the episodes recorded by the dataset's own collector.
+    DEMONSTRATION = "demonstration"
+
+    def __init__(self, path: str | Path, collector: dict | None):
         from dpolicy.data.replay_buffer import DatasetError, ReplayBuffer
 
         path = Path(path)
-        self.collector = dict(collector)
+        if collector is None and not path.exists():
+            raise DatasetError(f"{path}: no such dataset to add episodes to")
+        self.collector = None if collector is None else dict(collector)
         if path.exists():
             self.buffer = ReplayBuffer.open(path, mode="a")
             stored = self.buffer.attrs.get("collector")
             if stored is None:
                 raise DatasetError(f"{path}: exists but was not made by `dpolicy collect` (no 'collector' "
                                    "metadata); choose another --out")
+            if self.collector is None:
+                self.collector = dict(stored)
             if dict(stored) != self.collector:
                 differing = sorted(k for k in set(stored) | set(self.collector)
                                    if stored.get(k) != self.collector.get(k))
@@ -137,11 +146,17 @@ class DemoDataset:
             if len(seeds) > self.buffer.n_episodes:  # a crash between writing the seed and the episode
                 seeds = seeds[:self.buffer.n_episodes]
                 self.buffer.attrs["episode_seeds"] = seeds
+            sources = [str(s) for s in self.buffer.attrs.get("episode_sources", [])]
+            sources += [self.DEMONSTRATION] * (self.buffer.n_episodes - len(sources))  # older datasets
+            if len(sources) != self.buffer.n_episodes or "episode_sources" not in self.buffer.attrs:
+                sources = sources[:self.buffer.n_episodes]
+                self.buffer.attrs["episode_sources"] = sources
         else:
             self.buffer = ReplayBuffer.create(path, attrs={"collector": self.collector, "episode_seeds": [],
-                                                           "failed_seeds": []})
-            seeds = []
+                                                           "episode_sources": [], "failed_seeds": []})
+            seeds, sources = [], []
         self.episode_seeds = seeds
+        self.episode_sources = sources
         self.failed_seeds = [int(s) for s in self.buffer.attrs.get("failed_seeds", [])]
 
     @property
@@ -153,10 +168,16 @@ class DemoDataset:
         """Seeds already tried: committed episodes and recorded failures."""
         return set(self.episode_seeds) | set(self.failed_seeds)
 
-    def add_episode(self, seed: int, episode: dict[str, np.ndarray]) -> None:
-        self.buffer.attrs["episode_seeds"] = [*self.episode_seeds, int(seed)]
-        self.buffer.append_episode(episode)
+    def add_episode(self, seed: int, episode: dict[str, np.ndarray], source: str | None = None,
+                    attrs: dict | None = None) -> None:
+        """Append one episode with its reset seed and source (default: a demonstration) and any
+        further metadata ``attrs``, all in one atomic write."""
+        source = self.DEMONSTRATION if source is None else str(source)
+        self.buffer.append_episode(episode, attrs={**(attrs or {}),
+                                                   "episode_seeds": [*self.episode_seeds, int(seed)],
+                                                   "episode_sources": [*self.episode_sources, source]})
         self.episode_seeds.append(int(seed))
+        self.episode_sources.append(source)
 
     def add_failure(self, seed: int) -> None:
         self.failed_seeds.append(int(seed))

@@ -119,3 +119,93 @@ def test_action_steps_can_shorten_the_scored_chunk_but_not_lengthen_it():
     out = policy.predict_action({"obs": torch.zeros(5, 2, 3)}, generator=torch.Generator().manual_seed(0))
     assert out["action"].shape == (5, 2, 2) and out["action_pred"].shape == (5, 4, 2)
     torch.testing.assert_close(out["action"], out["action_pred"][:, 1:3])
+
+
+# --------------------------------------------------------------------- proposal centred on the agent
+# The observation's first two numbers are the agent's position, in the units of the actions.
+LOCAL = dict(proposal="local", anchor_key="obs", anchor_index=0, proposal_radius=0.2, proposal_global_share=0.25)
+
+
+def _agent_obs(batch: int, position=(0.4, -0.3)) -> torch.Tensor:
+    obs = torch.zeros(batch, 2, 3)
+    obs[:, :, :2] = torch.tensor(position)
+    return obs
+
+
+def test_proposal_samples_lie_in_its_box_and_carry_the_density_ratio():
+    policy = make_policy(**LOCAL)
+    nobs = {"obs": policy.normalizer.normalize("obs", _agent_obs(4))}
+    samples, log_ratio = policy.sample_proposal(nobs, 400, generator=torch.Generator().manual_seed(0))
+    centre = policy.anchor_positions(nobs)[0]
+    half = policy._radius()
+    local = ((samples - centre[:, None]).abs() <= half + 1e-6).all(-1)
+    assert local.float().mean() >= 0.75  # the local share, plus global samples that fall inside
+    q_over_u = 0.25 + 0.75 * (2 * policy.bound) ** 2 / (2 * half).prod()
+    torch.testing.assert_close(log_ratio[local], torch.full_like(log_ratio[local], -float(torch.log(q_over_u))))
+    torch.testing.assert_close(log_ratio[~local], torch.full_like(log_ratio[~local], -float(np.log(0.25))))
+
+
+def test_infonce_over_the_proposal_estimates_the_uniform_box_infonce():
+    """Toy energy, fixed positive: the corrected normaliser from proposal negatives has the uniform
+    negatives' expectation; the loss agrees too, and without the correction it would not."""
+    uniform, local = make_policy(n_counter_examples=2048), make_policy(n_counter_examples=2048, **LOCAL)
+    energy = QuadraticEnergy([[0.45, -0.25]])  # a bump near the agent, as demonstrated actions are
+    batch = 64
+    nobs = {"obs": uniform.normalizer.normalize("obs", _agent_obs(batch))}
+    target = torch.tensor([0.45, -0.25]).expand(batch, 2)
+    gen = torch.Generator().manual_seed(0)
+
+    def normaliser_and_loss(policy, corrected=True):
+        negatives, correction = policy.sample_proposal(nobs, policy.n_counter_examples, gen)
+        if not corrected:
+            correction = torch.zeros_like(correction)
+        negative_logits = -energy(None, negatives) + correction
+        positive = -energy(None, target[:, None])
+        logits = torch.cat([positive, negative_logits], dim=1)
+        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(batch, dtype=torch.long), reduction="none")
+        return negative_logits.exp().mean(1), loss
+
+    z_uniform, loss_uniform = normaliser_and_loss(uniform)
+    z_local, loss_local = normaliser_and_loss(local)
+    _, loss_uncorrected = normaliser_and_loss(local, corrected=False)
+    standard_error = float((z_uniform.var() / batch + z_local.var() / batch).sqrt())
+    assert abs(float(z_uniform.mean() - z_local.mean())) < 4 * standard_error
+    assert z_local.std() < 0.5 * z_uniform.std()  # the point of the proposal: a less noisy estimate
+    assert abs(float(loss_uniform.mean() - loss_local.mean())) < 0.1
+    assert float(loss_uncorrected.mean() - loss_uniform.mean()) > 1.0
+
+
+def test_dfo_inside_the_proposal_box_finds_a_known_minimum():
+    policy = make_policy(dfo_samples=64, dfo_iters=3, dfo_noise_scale=0.05, **{**LOCAL, "proposal_global_share": 0.0})
+    obs = _agent_obs(8)
+    minimum = policy.normalizer.normalize("obs", obs)[0, -1, :2] + torch.tensor([0.1, -0.08])
+    policy.energy = QuadraticEnergy([minimum.tolist()])
+    chunk = policy.sample_actions({"obs": policy.normalizer.normalize("obs", obs)},
+                                  generator=torch.Generator().manual_seed(0))[:, -1]
+    assert torch.allclose(chunk, minimum.expand(8, 2), atol=0.02)
+
+
+def test_diagnostics_tell_a_model_that_learned_only_kinematics_from_one_that_learned_the_task():
+    policy = make_policy(**LOCAL).eval()
+    obs = _agent_obs(32)
+    obs[:, 0, :2] -= torch.tensor([0.05, 0.0])  # the agent moved +0.05 in x at the last step
+    demonstrated = obs[:, -1, :2] + torch.tensor([0.05, 0.0])  # and keeps going: pure kinematics
+    batch = {"obs": {"obs": obs}, "action": demonstrated[:, None].expand(32, 2, 2).clone()}
+    policy.energy = QuadraticEnergy([policy.normalizer.normalize("action", demonstrated[0]).tolist()])
+    figures = policy.diagnostics(batch, generator=torch.Generator().manual_seed(0))
+    assert set(figures) == {"infonce", "infonce_trivial", "action_error"}
+    assert figures["infonce_trivial"] < 0.5 * np.log(policy.n_counter_examples + 1)
+    assert figures["action_error"] < 0.02  # env units: DFO lands on the demonstration
+
+    policy.energy = QuadraticEnergy([[-0.9, 0.9]])  # far from every demonstration
+    far = policy.diagnostics(batch, generator=torch.Generator().manual_seed(0))
+    assert far["infonce"] > far["infonce_trivial"] and far["action_error"] > 0.5
+
+
+def test_a_local_proposal_needs_an_anchor_and_a_radius():
+    with pytest.raises(ValueError, match="anchor_key"):
+        make_policy(proposal="local", proposal_radius=0.2)
+    with pytest.raises(ValueError, match="anchor_index"):
+        make_policy(**{**LOCAL, "anchor_index": 2})
+    with pytest.raises(ValueError, match="low_dim observation"):
+        make_policy(**{**LOCAL, "anchor_key": "image"})

@@ -40,9 +40,9 @@ def test_spatial_softmax_keypoint_between_two_equal_peaks_is_their_midpoint():
     torch.testing.assert_close(pool(features), torch.tensor([[-0.25, 0.0]]), atol=1e-4, rtol=0)
 
 
-# Two scenes with the same agent position and opposite demonstrated motions: only the image (a
-# bright square on the left or on the right) says which way to go.
-LENGTH, START, STEP = 12, 256.0, 15.0
+# Two one-window episodes with the same agent position and opposite demonstrated motions: only the
+# image (a bright square on the left or on the right) says which way to go.
+LENGTH, START, STEP = 4, 256.0, 15.0  # LENGTH = n_action_steps: one training window per episode
 
 
 def _scene_dataset(path: Path) -> Path:
@@ -83,7 +83,7 @@ def test_a_tiny_image_policy_overfits_its_windows_from_pixels_through_the_traine
         obs = {"image": torch.as_tensor(episode["img"][[0, 0]])[None],
                "agent_pos": torch.as_tensor(episode["state"][[0, 0], :2])[None]}
         predicted.append(policy.predict_action(obs, generator=generator)["action"][0].numpy())
-    for episode, actions in zip(episodes, predicted):
+    for episode, actions in zip(episodes, predicted, strict=True):
         demonstrated = episode["action"][:len(actions)]
         error = np.abs(actions - demonstrated).max()
         print(error)

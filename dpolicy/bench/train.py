@@ -83,11 +83,13 @@ def build_policy(model_config: dict, horizon: int = 16, n_obs_steps: int = 2, **
                            n_action_steps=min(8, horizon - n_obs_steps + 1), **model_config, **kwargs)
 
 
-def experiment_policy(name: str, conv_impl: str) -> tuple[torch.nn.Module, dict, int]:
-    """``(policy, synthetic batch, batch size)`` for the experiment config ``name`` (random weights)."""
+def experiment_policy(name: str, conv_impl: str, overrides: tuple[str, ...] = ()
+                      ) -> tuple[torch.nn.Module, dict, int]:
+    """``(policy, synthetic batch, batch size)`` for the experiment config ``name`` with hydra
+    ``overrides`` (random weights)."""
     from dpolicy.bench.realtime import untrained_policy
 
-    policy, cfg, shape_meta = untrained_policy(name, (f"++policy.conv_impl={conv_impl}",))
+    policy, cfg, shape_meta = untrained_policy(name, (*overrides, f"++policy.conv_impl={conv_impl}"))
     batch_size, horizon, n_obs_steps = int(cfg.training.batch_size), int(cfg.horizon), int(cfg.n_obs_steps)
     gen = torch.Generator().manual_seed(1)
     obs = {}
@@ -158,6 +160,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="measure whole diffusion policies of these experiment configs (e.g. pusht_image "
                              "pusht_image_paper), image encoder included, at the config's batch size; "
                              "alone, it skips the UNet presets")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for the --experiments rows, e.g. policy.resnet_width=32 "
+                             "task.dataset.image_frames=null")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         default=[v for v in VARIANTS if not VARIANTS[v].get("compile")],
                         help="what to measure (default: the eager ones; compiled-bf16 first compiles for ~2 min)")
@@ -171,8 +176,9 @@ def run(args: argparse.Namespace) -> int:
     if args.configs is None:
         args.configs = [] if args.experiments else ["paper", "cpu"]
     configs = model_configs(args) if args.configs or args.down_dims or not args.experiments else {}
+    overrides = f" with {' '.join(args.override)}" if args.experiments and args.override else ""
     print(f"dpolicy bench train: UNet rows batch {args.batch_size}, horizon {args.horizon}, To {args.n_obs_steps}, "
-          f"obs {OBS_DIM}; experiment rows at their config's batch; {note}")
+          f"obs {OBS_DIM}; experiment rows at their config's batch{overrides}; {note}")
     batch = synthetic_batch(args.batch_size, args.horizon, args.n_obs_steps)
     rows = []
     jobs = [(name, variant) for name in [*configs, *args.experiments] for variant in args.variants]
@@ -183,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             policy, job_batch, batch_size = build_policy(configs[name], args.horizon, args.n_obs_steps,
                                                          conv_impl=options["conv_impl"]), batch, args.batch_size
         else:
-            policy, job_batch, batch_size = experiment_policy(name, options["conv_impl"])
+            policy, job_batch, batch_size = experiment_policy(name, options["conv_impl"], tuple(args.override))
         n_params = sum(p.numel() for p in policy.parameters())
         if options.get("compile"):
             compile_networks(policy)

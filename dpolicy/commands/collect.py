@@ -1,7 +1,8 @@
 """`dpolicy collect`: record Push-T demonstrations into a zarr dataset.
 
 The arguments and the command; the work is done by :mod:`dpolicy.collect` (scripted expert in worker
-processes, resumable) and :mod:`envs.pusht.teleop` (mouse teleoperation in a pygame window).
+processes, resumable), :mod:`envs.pusht.teleop` (mouse teleoperation in a pygame window) and
+:mod:`dpolicy.dagger` (a policy's rollouts relabelled by the expert, resumable).
 """
 
 from __future__ import annotations
@@ -21,11 +22,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--expert", choices=("scripted",), help="collect with the scripted expert")
     source.add_argument("--teleop", action="store_true",
                         help="collect by mouse teleoperation (pygame window)")
+    source.add_argument("--dagger", type=Path, metavar="CHECKPOINT", default=None,
+                        help="DAgger: roll this checkpoint's policy out and add its episodes, every action "
+                             "relabelled by the scripted expert, to the existing dataset --out")
     parser.add_argument("--out", type=Path, default=None,
                         help="zarr dataset to create or resume "
                              "(default: pusht_expert.zarr / pusht_teleop.zarr in the current directory)")
     parser.add_argument("--episodes", type=at_least(1), default=200,
-                        help="expert: collect until the dataset holds this many episodes (default 200)")
+                        help="expert: collect until the dataset holds this many episodes (default 200); "
+                             "DAgger: relabelled episodes the round holds when done (a rerun resumes it)")
+    parser.add_argument("--beta", type=float, default=0.0,
+                        help="DAgger: probability of executing the expert's action instead of the policy's "
+                             "at each step (default 0: the policy drives)")
+    parser.add_argument("--envs", type=at_least(1), default=8,
+                        help="DAgger: environments rolled out together, one batched policy call per plan "
+                             "(default 8)")
+    parser.add_argument("--max-steps", type=at_least(1), default=None,
+                        help="DAgger: steps per rollout before it ends without success (default: the "
+                             "task's 300)")
     parser.add_argument("--workers", type=at_least(1), default=1, help="expert: worker processes (default 1)")
     parser.add_argument("--seed", type=at_least(0), default=0,
                         help="first environment reset seed (default 0); the evaluation seeds 100000..100499 "
@@ -39,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from dpolicy.data.replay_buffer import DatasetError
 
     try:
+        if args.dagger is not None:
+            return _run_dagger(args)
         if args.teleop:
             from envs.pusht.teleop import TeleopUnavailable
 
@@ -67,3 +83,28 @@ def run(args: argparse.Namespace) -> int:
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+
+
+def _run_dagger(args: argparse.Namespace) -> int:
+    from dpolicy.dagger import dagger_round
+    from dpolicy.training.checkpoint import CheckpointError
+    from envs.pusht.env import MAX_EPISODE_STEPS
+
+    if args.out is None:
+        print("error: --dagger needs --out, the dataset to add the relabelled episodes to", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.beta <= 1.0:
+        print(f"error: --beta must be in [0, 1], got {args.beta}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    try:
+        summary = dagger_round(args.out, args.dagger, args.episodes, beta=args.beta, n_envs=args.envs,
+                               seed=args.seed, max_steps=args.max_steps or MAX_EPISODE_STEPS,
+                               progress=not args.quiet)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: DAgger round {summary.round}: {summary.added} episodes added, {summary.round_episodes} in "
+          f"the round ({summary.policy_successes} finished by the policy), {summary.dataset_episodes} in the "
+          f"dataset; {time.perf_counter() - start:.1f} s")
+    return 0

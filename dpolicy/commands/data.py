@@ -1,5 +1,5 @@
-"""`dpolicy data info | verify | video | render-images | import-lerobot | export-lerobot`: inspect,
-check, watch, complete and convert zarr demonstration datasets."""
+"""`dpolicy data info | verify | compare | video | render-images | import-lerobot | export-lerobot`:
+inspect, check, compare, watch, complete and convert zarr demonstration datasets."""
 
 from __future__ import annotations
 
@@ -48,6 +48,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="no progress bar (it is shown on a terminal for stores of more than "
                             f"{VERIFY_PROGRESS_MIN_CHUNKS} chunks)")
     check.set_defaults(_action=run_verify)
+
+    compare = sub.add_parser(
+        "compare", help="Push-T demonstration statistics side by side (starts, leads, smoothness, walls, "
+                        "predictability)",
+        description="Compute, for each Push-T dataset, the statistics that tell demonstration sets apart: "
+                    "where episodes start and end, how far targets lead the agent, how smoothly they move, "
+                    "time in contact, time near a wall, and how predictable the action is from the "
+                    "observation (action spread between nearest-neighbour observations of different "
+                    "episodes). See dpolicy.data.pusht_statistics.")
+    compare.add_argument("paths", type=Path, nargs="+", help="zarr datasets in the Push-T layout")
+    compare.add_argument("--samples", type=int, default=2000,
+                         help="steps matched to their nearest neighbour (default 2000)")
+    compare.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    compare.set_defaults(_action=run_compare)
 
     video = sub.add_parser("video", help="render one episode to mp4 or gif")
     video.add_argument("path", type=Path, help="zarr dataset (directory or .zip)")
@@ -291,6 +305,23 @@ def run_video(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     written = write_video(out, frames, fps=args.fps)
     print(f"wrote {written} ({len(frames)} frames, episode {index} of {args.path})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- compare
+def run_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from dpolicy.data.pusht_statistics import demonstration_statistics, format_comparison
+
+    columns = {}
+    for path in args.paths:
+        if str(path) in columns:
+            continue
+        columns[str(path)] = demonstration_statistics(path, samples=args.samples)
+    print(format_comparison(columns))
+    if args.json is not None:
+        args.json.write_text(json.dumps(columns, indent=2))
     return 0
 
 

@@ -107,6 +107,11 @@ class Policy(nn.Module, metaclass=abc.ABCMeta):
             nobs[key] = self.normalizer.normalize(key, x[:, :self.n_obs_steps])
         return nobs, self.normalizer.normalize("action", action)
 
+    def diagnostics(self, batch: Mapping, generator: torch.Generator | None = None) -> dict[str, float]:
+        """Method-specific figures of a held-out training batch, logged as ``val_<name>`` beside the
+        validation loss; none by default."""
+        return {}
+
     # -------------------------------------------------------------- shared
     @property
     def device(self) -> torch.device:

@@ -87,7 +87,8 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-CURVE_PANELS = (("loss", ("train_loss", "val_loss")), ("learning rate", ("lr",)),
+CURVE_PANELS = (("loss", ("train_loss", "val_loss", "val_infonce_trivial")), ("learning rate", ("lr",)),
+                ("held-out action error", ("val_action_error",)),
                 ("rollout", ("eval/score", "eval/success_rate")))
 
 

@@ -256,7 +256,7 @@ class Trainer:
     def _periodic(self, max_steps: int) -> None:
         t = self.tcfg
         if self.ctx.is_main and int(t.val_every) > 0 and self.step % int(t.val_every) == 0:
-            self.logger.log({"step": self.step, "val_loss": self.validation_loss()})
+            self.logger.log({"step": self.step, **self.validation()})
         if self.ctx.is_main and int(t.eval_every) > 0 and self.step % int(t.eval_every) == 0:
             self._evaluate()
         if self.ctx.is_main and (self.step % int(t.checkpoint_every) == 0):
@@ -268,21 +268,25 @@ class Trainer:
         return self.ema.averaged_model if self.ema is not None else self.policy
 
     @torch.no_grad()
-    def validation_loss(self) -> float:
-        """Mean loss over up to ``val_batches`` fixed validation batches (noise seeded, RNG untouched)."""
+    def validation(self) -> dict[str, float]:
+        """``val_loss``, the mean loss over up to ``val_batches`` fixed validation batches (noise
+        seeded, RNG untouched), and ``val_<name>`` for every figure of the policy's ``diagnostics``."""
         ds = self.val_dataset
         if ds is None or len(ds) == 0:
-            return float("nan")
+            return {"val_loss": float("nan")}
         model = self.eval_policy()
         model.eval()
         bs = int(self.tcfg.batch_size)
         idx = np.arange(len(ds))
-        losses = []
+        figures: dict[str, list[float]] = {"val_loss": []}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.cfg.seed))
             for start in range(0, min(len(ds), bs * int(self.tcfg.val_batches)), bs):
-                losses.append(float(model.compute_loss(self._to_device(ds.get_batch(idx[start:start + bs])))))
-        return float(np.mean(losses))
+                batch = self._to_device(ds.get_batch(idx[start:start + bs]))
+                figures["val_loss"].append(float(model.compute_loss(batch)))
+                for name, value in model.diagnostics(batch).items():
+                    figures.setdefault(f"val_{name}", []).append(value)
+        return {name: float(np.mean(values)) for name, values in figures.items()}
 
     def _evaluate(self) -> dict[str, Any]:
         if self.eval_mode == "offline":

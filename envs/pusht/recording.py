@@ -39,10 +39,11 @@ class EpisodeRecorder:
     def __len__(self) -> int:
         return len(self._rows["action"])
 
-    def step(self, env, action):
-        """Record the current observation and ``action``, then step ``env`` (a PushTEnv).
+    def step(self, env, action, label=None):
+        """Record the current observation and ``action``, then step ``env`` (a PushTEnv) with it.
 
-        Returns what ``env.step`` returned.
+        ``label``: record this action instead of the executed one (relabelling, as in DAgger: the
+        expert's action at a state that another controller visited). Returns what ``env.step`` returned.
         """
         sim = env.unwrapped.sim
         state = sim.get_state()
@@ -53,7 +54,7 @@ class EpisodeRecorder:
         # The simulator clips targets to the workspace: record what was actually commanded.
         commanded = clip_action(action)
         result = env.step(commanded)
-        self._rows["action"].append(commanded)
+        self._rows["action"].append(commanded if label is None else clip_action(label))
         self._rows["n_contacts"].append([result[4]["n_contacts"]])
         return result
 

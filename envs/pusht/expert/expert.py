@@ -104,12 +104,19 @@ class ScriptedExpert:
         self.pushed_edges: list[int] = []
 
     # ------------------------------------------------------------------ public API
-    def act(self, full_state) -> np.ndarray:
-        """The next absolute agent target (2,) for the simulator state ``full_state`` (10 floats)."""
+    def act(self, full_state, previous_target=None) -> np.ndarray:
+        """The next absolute agent target (2,) for the simulator state ``full_state`` (10 floats).
+
+        ``previous_target``: the target actually commanded at the previous step, when another
+        controller was in charge (labelling a policy's states, as in DAgger); the expert limits its
+        next target's jump from there. By default, the expert's own previous target.
+        """
         full_state = np.asarray(full_state, dtype=np.float64)
         if full_state.shape != (10,):
             raise ValueError("full_state must be PushTSim.get_full_state() with shape (10,), "
                              f"got shape {full_state.shape}")
+        if previous_target is not None:
+            self._previous_target = np.asarray(previous_target, dtype=np.float64).reshape(2).copy()
         if self._previous_target is None:
             self._previous_target = full_state[:2].copy()
         if not self._plan_still_valid(full_state):

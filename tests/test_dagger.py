@@ -1,0 +1,118 @@
+"""DAgger rounds: a policy's states labelled by the expert, appended atomically and resumably."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dpolicy.bench.realtime import untrained_checkpoint
+from dpolicy.collect import collect_expert, expert_seed_for, run_expert_episode
+from dpolicy.dagger import dagger_round
+from dpolicy.data.replay_buffer import ReplayBuffer
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ("policy.down_dims=[16,32]", "policy.step_embed_dim=16", "policy.num_inference_steps=2")
+STEPS = 12  # steps per rollout: enough to exercise labelling, short enough for a test
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return untrained_checkpoint(tmp_path_factory.mktemp("dagger") / "untrained.safetensors", overrides=TINY)
+
+
+def _expert_dataset(path: Path, episodes: int = 2) -> Path:
+    collect_expert(path, episodes=episodes, seed=0, progress=False).close()
+    return path
+
+
+def test_a_round_appends_relabelled_episodes_with_their_sources_and_round(tmp_path, checkpoint):
+    dataset = _expert_dataset(tmp_path / "data.zarr")
+    summary = dagger_round(dataset, checkpoint, episodes=3, n_envs=2, max_steps=STEPS, progress=False)
+    assert (summary.round, summary.added, summary.round_episodes, summary.dataset_episodes) == (0, 3, 3, 5)
+    with ReplayBuffer.open(dataset) as buf:
+        attrs = dict(buf.attrs)
+        assert buf.n_episodes == 5 and list(buf.episode_lengths[2:]) == [STEPS] * 3
+        keys = set(buf.keys())
+    assert attrs["episode_sources"] == ["demonstration"] * 2 + ["dagger:0"] * 3
+    seeds = attrs["episode_seeds"]
+    assert len(set(seeds)) == 5  # every rollout starts from a reset seed no other episode used
+    (round_info,) = attrs["dagger_rounds"]
+    assert round_info["episodes"] == 3 and round_info["beta"] == 0.0 and round_info["checkpoint_step"] == 0
+    assert keys == {"state", "action", "keypoint", "n_contacts"}
+
+    # A second checkpoint is a new round; the same checkpoint again continues its round.
+    other = untrained_checkpoint(tmp_path / "other.safetensors", overrides=(*TINY, "seed=7"))
+    assert dagger_round(dataset, other, episodes=1, n_envs=1, max_steps=STEPS, progress=False).round == 1
+    again = dagger_round(dataset, checkpoint, episodes=1, n_envs=1, max_steps=STEPS, progress=False)
+    assert again.round == 2  # not the last round's settings: a new round, not a resume of round 0
+
+
+def test_with_beta_one_the_expert_drives_and_its_episode_is_its_own_demonstration(tmp_path, checkpoint):
+    """Labels are the expert's actions at the visited states: when it also executes them, the
+    relabelled episode is exactly the expert's episode from that reset seed."""
+    import gymnasium as gym
+
+    import envs  # noqa: F401
+    from envs.pusht.expert import ScriptedExpert
+
+    dataset = _expert_dataset(tmp_path / "data.zarr", episodes=1)
+    dagger_round(dataset, checkpoint, episodes=1, beta=1.0, n_envs=1, max_steps=STEPS, progress=False)
+    with ReplayBuffer.open(dataset) as buf:
+        seed = buf.attrs["episode_seeds"][1]
+        relabelled = buf.get_episode(1)
+    env = gym.make("envs/PushTKeypoints-v0").unwrapped
+    reference = run_expert_episode(env, ScriptedExpert(), seed, expert_seed_for(0, seed), max_steps=STEPS)
+    np.testing.assert_allclose(relabelled["action"], reference.episode["action"], atol=1e-4)
+    np.testing.assert_allclose(relabelled["state"], reference.episode["state"], atol=1e-4)
+
+
+def test_a_killed_round_restarts_losing_and_duplicating_nothing(tmp_path, checkpoint):
+    dataset = _expert_dataset(tmp_path / "data.zarr")
+    command = [sys.executable, "-m", "dpolicy", "collect", "--dagger", str(checkpoint), "--out", str(dataset),
+               "--episodes", "6", "--envs", "1", "--max-steps", str(STEPS), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            with ReplayBuffer.open(dataset) as buf:
+                if buf.n_episodes >= 4:
+                    break
+            if proc.poll() is not None:
+                pytest.fail(f"the round ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    with ReplayBuffer.open(dataset) as buf:
+        killed_at = buf.n_episodes
+    assert 4 <= killed_at < 8
+
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "round 0" in result.stdout
+    with ReplayBuffer.open(dataset) as buf:
+        attrs = dict(buf.attrs)
+        assert buf.n_episodes == 8
+        assert int(buf.episode_ends[-1]) == buf.n_steps
+    assert attrs["episode_sources"] == ["demonstration"] * 2 + ["dagger:0"] * 6
+    assert len(set(attrs["episode_seeds"])) == 8
+    (round_info,) = attrs["dagger_rounds"]
+    assert round_info["episodes"] == 6
+
+
+def test_dagger_needs_an_existing_dataset_and_a_push_t_checkpoint(tmp_path, checkpoint, capsys):
+    from dpolicy.cli import main
+
+    assert main(["collect", "--dagger", str(checkpoint), "--out", str(tmp_path / "missing.zarr"),
+                 "--episodes", "1"]) == 1
+    assert "no such dataset" in capsys.readouterr().err
+    assert main(["collect", "--dagger", str(checkpoint), "--episodes", "1"]) == 2
+    assert "--out" in capsys.readouterr().err
