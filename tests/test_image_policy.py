@@ -13,6 +13,7 @@ from dpolicy.config import compose_config
 from dpolicy.data.replay_buffer import ReplayBuffer
 from dpolicy.models.resnet import SpatialSoftmax
 from dpolicy.training.checkpoint import load_policy
+from dpolicy.training.logging import read_log
 from dpolicy.training.trainer import Trainer
 
 
@@ -65,14 +66,18 @@ def test_a_tiny_image_policy_overfits_its_windows_from_pixels_through_the_traine
         f"task.dataset.path={dataset}", f"run_dir={run}", "task.dataset.val_ratio=0",
         "horizon=8", "n_obs_steps=2", "n_action_steps=4",
         "policy.down_dims=[16,32]", "policy.kernel_size=3", "policy.n_groups=4", "policy.step_embed_dim=16",
-        "policy.num_train_timesteps=20", "policy.num_inference_steps=4", "policy.crop_shape=null",
+        # predicting the clean chunk (not the noise) lets a tiny network overfit in a few hundred steps
+        "policy.num_train_timesteps=20", "policy.num_inference_steps=4", "policy.prediction_type=sample",
+        "policy.crop_shape=null",
         "policy.resnet_width=16", "policy.resnet_stages=1", "policy.num_keypoints=8", "policy.image_feature_dim=16",
-        "training.batch_size=16", "training.max_steps=400", "training.max_minutes=null", "training.lr=2e-3",
+        "training.batch_size=16", "training.max_steps=300", "training.max_minutes=null", "training.lr=3e-3",
         "training.warmup_steps=10", "training.log_every=10", "training.val_every=0", "training.eval_every=0",
         "training.checkpoint_every=1000", "training.progress=false", "training.ema.enabled=false",
         "training.num_threads=1", "training.compile=false", "training.bf16=false", "device=cpu"])
     summary = Trainer(cfg).train()
-    assert summary["step"] == 400
+    assert summary["step"] == 300
+    losses = [r["train_loss"] for r in read_log(run / "log.jsonl") if "train_loss" in r]
+    assert losses[-1] < 0.01 * losses[0], losses
 
     policy, _ = load_policy(run / "checkpoints" / "latest.safetensors")
     with ReplayBuffer.open(dataset) as buf:
@@ -86,7 +91,6 @@ def test_a_tiny_image_policy_overfits_its_windows_from_pixels_through_the_traine
     for episode, actions in zip(episodes, predicted, strict=True):
         demonstrated = episode["action"][:len(actions)]
         error = np.abs(actions - demonstrated).max()
-        print(error)
-        assert error < 0.3 * STEP * LENGTH, (actions, demonstrated)
+        assert error < 2.0, (actions, demonstrated)  # px, against 15 px between consecutive actions
     # the two scenes' chunks go opposite ways, as their demonstrations do
     assert predicted[0][-1, 0] < START - 2 * STEP < START + 2 * STEP < predicted[1][-1, 0], predicted

@@ -134,7 +134,7 @@ def format_comparison(columns: dict[str, dict[str, float]]) -> str:
     """A text table: one row per figure, one column per dataset."""
     names = list(columns)
     width = max(len(d) for d in FIGURES.values())
-    lines = [f"{'':<{width}}  " + "  ".join(f"{n[-24:]:>24}" for n in names)]
+    lines = [f"{'':<{width}}  " + "  ".join(f"{Path(n).name[-24:]:>24}" for n in names)]
     for key, description in FIGURES.items():
         cells = []
         for name in names:
