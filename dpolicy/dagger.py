@@ -81,14 +81,14 @@ def dagger_round(dataset_path: str | Path, checkpoint: str | Path, episodes: int
 
     import envs  # noqa: F401 (registers the environments)
     from dpolicy.control.controller import ChunkController
-    from dpolicy.training.checkpoint import load_policy, read_checkpoint
+    from dpolicy.training.checkpoint import policy_from_checkpoint, read_checkpoint
     from envs.pusht.expert import ScriptedExpert
 
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     checkpoint = Path(checkpoint)
-    policy, cfg = load_policy(checkpoint, device=device)
-    step = read_checkpoint(checkpoint).step
+    loaded = read_checkpoint(checkpoint)  # read once: the policy, its config and its step
+    policy, cfg, step = policy_from_checkpoint(loaded).to(device).eval(), loaded.config, loaded.step
     env_id = cfg.task.get("env_id")
     env_kwargs = dict(cfg.task.get("env_kwargs") or {})
     probe = gym.make(env_id, **env_kwargs) if env_id else None
