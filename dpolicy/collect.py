@@ -26,13 +26,14 @@ Metadata (root attributes): ``collector`` (source and settings; a resumed run mu
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,25 +61,80 @@ class ExpertEpisode:
     pushed_edges: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ExpertVariation:
+    """How expert episodes depart from the benchmark's starts and the expert's own motion, so that
+    the data shows the recoveries a policy needs once it drifts off the expert's path.
+
+    ``near_wall_share``: share of episodes that start with the T by a wall or in a corner
+    (:func:`envs.pusht.starts.near_wall_state`) instead of from the benchmark's reset.
+    ``action_noise``: std (px) of correlated noise added to every executed target; the recorded
+    action stays the expert's own (as in DART), so the data shows the expert correcting the drift.
+    ``noise_correlation``: per-step correlation of that noise (0: white).
+    """
+
+    near_wall_share: float = 0.0
+    action_noise: float = 0.0
+    noise_correlation: float = 0.8
+
+    def __post_init__(self):
+        if not 0.0 <= self.near_wall_share <= 1.0:
+            raise ValueError(f"near_wall_share must be in [0, 1], got {self.near_wall_share}")
+        if self.action_noise < 0.0:
+            raise ValueError(f"action_noise must be >= 0, got {self.action_noise}")
+        if not 0.0 <= self.noise_correlation < 1.0:
+            raise ValueError(f"noise_correlation must be in [0, 1), got {self.noise_correlation}")
+
+
+#: Stream of the variation's random numbers, apart from the expert's own (same base and reset seeds).
+_VARIATION_STREAM = 1
+
+
+def episode_start(base_seed: int, reset_seed: int, variation: ExpertVariation) -> np.ndarray | None:
+    """The start state of a collected episode, or ``None`` for the benchmark's reset from ``reset_seed``."""
+    from envs.pusht.starts import near_wall_state
+
+    rng = np.random.default_rng([int(base_seed), int(reset_seed), _VARIATION_STREAM])
+    if variation.near_wall_share > 0 and rng.random() < variation.near_wall_share:
+        return near_wall_state(rng)
+    return None
+
+
 def expert_seed_for(base_seed: int, reset_seed: int) -> list[int]:
     """The expert's own seed for an episode: derived from the collection seed and the reset seed."""
     return [int(base_seed), int(reset_seed)]
 
 
 def run_expert_episode(env, expert, reset_seed: int, expert_seed, images: bool = False,
-                       max_steps: int = MAX_EPISODE_STEPS) -> ExpertEpisode:
+                       max_steps: int = MAX_EPISODE_STEPS,
+                       variation: ExpertVariation = ExpertVariation()) -> ExpertEpisode:
     """Play one episode of ``expert`` (a ScriptedExpert) in ``env`` (a PushTEnv) from ``reset_seed``.
 
-    The episode stops at the first step with coverage > 0.95 (success) or after ``max_steps``.
+    ``expert_seed`` is ``expert_seed_for(base_seed, reset_seed)``; with a ``variation`` the start and
+    the executed targets follow it (see :class:`ExpertVariation`). The episode stops at the first
+    step with coverage > 0.95 (success) or after ``max_steps``.
     """
-    env.reset(seed=int(reset_seed))
+    base_seed = int(np.atleast_1d(expert_seed)[0])
+    start_state = episode_start(base_seed, reset_seed, variation)
+    if start_state is None:
+        env.reset(seed=int(reset_seed))
+    else:
+        env.reset(options={"reset_to_state": start_state})
     expert.reset(expert_seed)
+    noise_rng = np.random.default_rng([base_seed, int(reset_seed), _VARIATION_STREAM + 1])
+    rho, sigma = variation.noise_correlation, variation.action_noise
+    noise = np.zeros(2)
     recorder = EpisodeRecorder(images)
     sim = env.unwrapped.sim
     start = time.process_time()
     success = False
     for _ in range(max_steps):
-        info = recorder.step(env, expert.act(sim.get_full_state()))[4]
+        label = expert.act(sim.get_full_state())
+        if sigma > 0:
+            noise = rho * noise + math.sqrt(1.0 - rho * rho) * sigma * noise_rng.normal(size=2)
+            info = recorder.step(env, label + noise, label=label)[4]
+        else:
+            info = recorder.step(env, label)[4]
         if info["is_success"]:
             success = True
             break
@@ -192,30 +248,69 @@ class DemoDataset:
 _worker_state: dict = {}
 
 
-def _init_worker(images: bool, parent_pid: int | None = None) -> None:
+def expert_params_from(overrides: dict | None = None):
+    """``ExpertParams`` with ``overrides`` ({field: value}, values converted to the field's type);
+    an unknown field or a value of the wrong kind raises ValueError naming the fields."""
+    from dataclasses import fields
+
+    from envs.pusht.expert import ExpertParams
+
+    types = {f.name: type(f.default) for f in fields(ExpertParams)}
+    converted = {}
+    for name, value in (overrides or {}).items():
+        if name not in types:
+            raise ValueError(f"unknown expert parameter {name!r}; the parameters are {', '.join(types)}")
+        try:
+            converted[name] = types[name](value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expert parameter {name}={value!r}: expected a {types[name].__name__}") from None
+    return ExpertParams(**converted)
+
+
+def expert_for(variation: ExpertVariation, params=None):
+    """The ScriptedExpert that collects with ``variation`` and ``params`` (default ``ExpertParams()``):
+    under executed-action noise it re-plans only when the state departs from its plan by more than
+    the noise moves it, so its labels keep following one plan instead of being re-drawn at every step."""
+    from envs.pusht.expert import ExpertParams, ScriptedExpert
+
+    params = params or ExpertParams()
+    if variation.action_noise > 0:
+        params = replace(params, replan_position_tolerance=NOISY_REPLAN_POSITION,
+                         replan_angle_tolerance=NOISY_REPLAN_ANGLE)
+    return ScriptedExpert(params=params)
+
+
+#: Re-planning tolerances of the expert under executed-action noise (px, rad).
+NOISY_REPLAN_POSITION = 4.0
+NOISY_REPLAN_ANGLE = 0.067
+
+
+def _init_worker(images: bool, parent_pid: int | None = None,
+                 variation: ExpertVariation = ExpertVariation(), params=None) -> None:
     """Set up a worker's environment and expert; a pool worker (``parent_pid``) ends with its parent."""
     from dpolicy.processes import exit_with_parent
     from envs.pusht.env import PushTEnv
 
     if parent_pid is not None:
         exit_with_parent(parent_pid)
-    from envs.pusht.expert import ScriptedExpert
-
     _worker_state["env"] = PushTEnv(obs_type="state")
-    _worker_state["expert"] = ScriptedExpert()
+    _worker_state["expert"] = expert_for(variation, params)
     _worker_state["images"] = images
+    _worker_state["variation"] = variation
 
 
 def _worker_episode(reset_seed: int, base_seed: int) -> ExpertEpisode:
     return run_expert_episode(_worker_state["env"], _worker_state["expert"], reset_seed,
-                              expert_seed_for(base_seed, reset_seed), images=_worker_state["images"])
+                              expert_seed_for(base_seed, reset_seed), images=_worker_state["images"],
+                              variation=_worker_state["variation"])
 
 
-def map_expert_episodes(seeds: Iterator[int], base_seed: int, images: bool,
-                        workers: int) -> Iterator[ExpertEpisode]:
-    """Expert episodes for ``seeds``, in seed order, computed by ``workers`` processes (lazily)."""
+def map_expert_episodes(seeds: Iterator[int], base_seed: int, images: bool, workers: int,
+                        variation: ExpertVariation = ExpertVariation(), params=None) -> Iterator[ExpertEpisode]:
+    """Expert episodes for ``seeds``, in seed order, computed by ``workers`` processes (lazily);
+    ``params``: the expert's ``ExpertParams`` (default ones if None)."""
     if workers <= 1:
-        _init_worker(images)
+        _init_worker(images, variation=variation, params=params)
         for seed in seeds:
             yield _worker_episode(seed, base_seed)
         return
@@ -223,7 +318,7 @@ def map_expert_episodes(seeds: Iterator[int], base_seed: int, images: bool,
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(images, os.getpid())) as pool:
+                             initargs=(images, os.getpid(), variation, params)) as pool:
         pending: deque = deque()
         try:
             while True:
@@ -241,18 +336,21 @@ def map_expert_episodes(seeds: Iterator[int], base_seed: int, images: bool,
 
 
 def collect_expert(out: Path, episodes: int, workers: int = 1, seed: int = 0, images: bool = False,
-                   progress: bool = True) -> DemoDataset:
+                   progress: bool = True, variation: ExpertVariation = ExpertVariation(),
+                   expert_params: dict | None = None) -> DemoDataset:
     """Collect successful scripted-expert episodes into ``out`` until it holds ``episodes`` episodes.
 
+    ``expert_params``: overrides of the expert's ``ExpertParams`` fields ({name: value}).
     Resumes an existing dataset made with the same settings (see :class:`DemoDataset`).
     """
     from tqdm import tqdm
 
-    from envs.pusht.expert import ExpertParams
-
+    params = expert_params_from(expert_params)
     collector = {"source": "scripted expert (envs.pusht.expert.ScriptedExpert)", "seed": int(seed),
                  "images": bool(images), "max_episode_steps": MAX_EPISODE_STEPS,
-                 "expert_params": asdict(ExpertParams())}
+                 "expert_params": asdict(expert_for(variation, params).base_params)}
+    if variation != ExpertVariation():  # datasets of the plain expert keep their settings unchanged
+        collector["variation"] = asdict(variation)
     dataset = DemoDataset(out, collector)
     if dataset.n_episodes >= episodes:
         return dataset
@@ -261,7 +359,7 @@ def collect_expert(out: Path, episodes: int, workers: int = 1, seed: int = 0, im
                disable=not progress)
     tried = succeeded = 0
     try:
-        for result in map_expert_episodes(seeds, seed, images, workers):
+        for result in map_expert_episodes(seeds, seed, images, workers, variation, params):
             tried += 1
             succeeded += result.success
             bar.set_postfix(success=f"{succeeded}/{tried}", refresh=False)

@@ -158,3 +158,56 @@ def test_killed_collection_restarts_losing_and_duplicating_nothing(tmp_path):
             np.testing.assert_array_equal(got[key], expected[key], err_msg=f"episode {i} {key}")
         if i < n_survived:
             np.testing.assert_array_equal(got["action"], survived[i]["action"])
+
+
+def test_near_wall_starts_and_action_noise_follow_the_variation(tmp_path):
+    """A variation changes where episodes start and what is executed, never what is recorded as the
+    expert's action; it is part of the dataset's settings, so a resume with another one is refused."""
+    from dpolicy.collect import ExpertVariation, episode_start, expert_for
+    from envs.pusht.starts import outline_wall_distance
+
+    variation = ExpertVariation(near_wall_share=1.0, action_noise=4.0)
+    env = PushTEnv(obs_type="state")
+    result = run_expert_episode(env, expert_for(variation), reset_seed=4, expert_seed=expert_seed_for(0, 4),
+                                variation=variation)
+    assert result.success
+    start = episode_start(0, 4, variation)
+    np.testing.assert_allclose(result.episode["state"][0], start, atol=1e-3)
+    assert outline_wall_distance(start[2:]) <= 30.0
+    # The recorded actions are the expert's own targets (its step limit holds between them); the
+    # executed ones had noise, so replaying the recorded actions leaves the recorded path.
+    actions = result.episode["action"].astype(np.float64)
+    assert np.linalg.norm(np.diff(actions, axis=0), axis=1).max() <= 25.0 + 1e-3
+    sim = PushTSim()
+    sim.set_state(start, legacy=False)
+    drift = []
+    for t, action in enumerate(actions[:40]):
+        drift.append(np.abs(sim.get_state()[:2] - result.episode["state"][t, :2]).max())
+        sim.step(action)
+    assert max(drift) > 0.5
+    assert episode_start(0, 4, ExpertVariation()) is None
+    near_wall = ExpertVariation(near_wall_share=0.3)
+    assert sum(episode_start(0, s, near_wall) is not None for s in range(200)) in range(40, 81)
+
+    out = tmp_path / "varied.zarr"
+    collect_expert(out, episodes=1, seed=0, progress=False, variation=ExpertVariation(near_wall_share=0.5)).close()
+    assert ReplayBuffer.open(out).attrs["collector"]["variation"]["near_wall_share"] == 0.5
+    with pytest.raises(DatasetError, match="variation"):
+        collect_expert(out, episodes=2, seed=0, progress=False)
+    with pytest.raises(ValueError, match="near_wall_share"):
+        ExpertVariation(near_wall_share=1.5)
+
+
+def test_expert_parameters_can_be_set_and_are_recorded(tmp_path):
+    from dpolicy.collect import expert_params_from
+
+    assert expert_params_from({"max_target_step": "12", "far_candidates": "8"}).max_target_step == 12.0
+    with pytest.raises(ValueError, match="unknown expert parameter 'speed'"):
+        expert_params_from({"speed": 1})
+    with pytest.raises(ValueError, match="expected a float"):
+        expert_params_from({"temperature": "warm"})
+    out = tmp_path / "greedy.zarr"
+    collect_expert(out, episodes=1, seed=0, progress=False, expert_params={"temperature": 0}).close()
+    assert ReplayBuffer.open(out).attrs["collector"]["expert_params"]["temperature"] == 0.0
+    with pytest.raises(DatasetError, match="expert_params"):
+        collect_expert(out, episodes=2, seed=0, progress=False)

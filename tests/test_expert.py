@@ -18,7 +18,7 @@ from envs.pusht.expert import (
     predict_pushes,
     t_signed_distance,
 )
-from envs.pusht.geometry import GOAL_POSE, body_to_world, coverage
+from envs.pusht.geometry import GOAL_POSE, body_to_world, coverage, world_to_body
 from envs.pusht.sim import AGENT_RADIUS, PushTSim
 
 
@@ -175,3 +175,47 @@ def test_expert_finishes_a_nearly_solved_start():
         if sim.coverage() > 0.95:
             break
     assert sim.coverage() > 0.95, f"coverage {sim.coverage():.3f} after 150 steps"
+
+
+def _uniform_state(rng: np.random.Generator) -> np.ndarray:
+    """Any start the environment accepts: agent and block anywhere clear of each other and the walls."""
+    from envs.pusht.starts import outline_wall_distance
+
+    while True:
+        state = np.r_[rng.uniform(20.0, 492.0, 4), rng.uniform(-np.pi, np.pi)]
+        clear_of_t = t_signed_distance(world_to_body(state[None, :2], state[2:]))[0] > AGENT_RADIUS + 2.0
+        if clear_of_t and outline_wall_distance(state[2:]) > 2.0:
+            return state
+
+
+def test_near_wall_starts_put_the_t_by_a_wall_and_the_agent_clear_of_it():
+    from envs.pusht.starts import near_wall_state, outline_wall_distance
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        state = near_wall_state(rng, wall_distance=(8.0, 30.0))
+        assert 8.0 <= outline_wall_distance(state[2:]) <= 30.0
+        assert t_signed_distance(world_to_body(state[None, :2], state[2:]))[0] > 20.0
+    with pytest.raises(ValueError, match="wall_distance"):
+        near_wall_state(rng, wall_distance=(30.0, 8.0))
+
+
+@pytest.mark.parametrize("kind, index", [("near wall", 0), ("near wall", 1), ("near wall", 2), ("anywhere", 0),
+                                         ("anywhere", 1)])
+def test_expert_solves_from_arbitrary_states(kind, index):
+    """The expert needs no benchmark reset: from starts set with reset_to_state (the block against
+    a wall or in a corner, or anywhere at all) it reaches success within the episode's 300 steps."""
+    from envs.pusht.env import PushTEnv
+    from envs.pusht.starts import near_wall_state
+
+    rng = np.random.default_rng([3, index])
+    state = near_wall_state(rng) if kind == "near wall" else _uniform_state(rng)
+    env = PushTEnv(obs_type="state")
+    env.reset(options={"reset_to_state": state})
+    sim = env.unwrapped.sim
+    expert = ScriptedExpert(seed=index)
+    for _ in range(300):
+        info = env.step(expert.act(sim.get_full_state()))[4]
+        if info["is_success"]:
+            break
+    assert info["is_success"], f"no success from {kind} start {np.round(state, 1).tolist()}"

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from dpolicy.collect import collect_expert, collect_teleop
+from dpolicy.collect import ExpertVariation, collect_expert, collect_teleop, expert_params_from
 from dpolicy.commands import at_least, positive_float
 
 
@@ -44,6 +44,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=at_least(0), default=0,
                         help="first environment reset seed (default 0); the evaluation seeds 100000..100499 "
                              "are always skipped. Also seeds the expert.")
+    parser.add_argument("--near-wall-share", type=float, default=0.0, metavar="P",
+                        help="expert: share of episodes that start with the T by a wall or in a corner instead "
+                             "of from the benchmark's reset, so the data shows how to get it out (default 0)")
+    parser.add_argument("--action-noise", type=float, default=0.0, metavar="PX",
+                        help="expert: std in px of correlated noise added to the executed targets while the "
+                             "recorded actions stay the expert's, so the data shows it correcting drift "
+                             "(default 0)")
+    parser.add_argument("--noise-correlation", type=float, default=0.8,
+                        help="expert: step-to-step correlation of that noise, in [0, 1) (default 0.8)")
+    parser.add_argument("--expert-param", action="append", default=[], metavar="NAME=VALUE",
+                        help="expert: set one of its parameters (envs.pusht.expert.ExpertParams, e.g. "
+                             "max_target_step=12 or temperature=0); repeat for several")
     parser.add_argument("--images", action="store_true", help="also record data/img (96 x 96 frames)")
     parser.add_argument("--scale", type=positive_float, default=1.0, help="teleop: window scale (1.0 = 512 px)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -71,9 +83,17 @@ def run(args: argparse.Namespace) -> int:
             print("error: --episodes and --workers must be >= 1", file=sys.stderr)
             return 2
         out = args.out or Path("pusht_expert.zarr")
+        try:
+            variation = ExpertVariation(near_wall_share=args.near_wall_share, action_noise=args.action_noise,
+                                        noise_correlation=args.noise_correlation)
+            overrides = dict(_name_value(item) for item in args.expert_param)
+            expert_params_from(overrides)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         start = time.perf_counter()
         dataset = collect_expert(out, args.episodes, workers=args.workers, seed=args.seed, images=args.images,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, variation=variation, expert_params=overrides)
         lengths = dataset.buffer.episode_lengths
         print(f"{out}: {dataset.n_episodes} episodes, {dataset.buffer.n_steps} steps "
               f"(mean length {lengths.mean() if len(lengths) else math.nan:.1f}), "
@@ -83,6 +103,13 @@ def run(args: argparse.Namespace) -> int:
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+
+
+def _name_value(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"--expert-param takes NAME=VALUE, got {item!r}")
+    return name.strip(), value.strip()
 
 
 def _run_dagger(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@
 - :mod:`envs.pusht.render`: headless OpenCV rendering matching the original frames
 - :mod:`envs.pusht.env`: ``PushTEnv``, the gymnasium environment
 - :mod:`envs.pusht.recording`: ``EpisodeRecorder``, episodes as numpy arrays in the human data's layout
+- :mod:`envs.pusht.starts`: start states beyond the benchmark reset (the T by a wall or in a corner)
 - :mod:`envs.pusht.expert`: ``ScriptedExpert``, the scripted expert (a package)
 - :mod:`envs.pusht.teleop`: ``TeleopSession``, mouse teleoperation in a pygame window
 """

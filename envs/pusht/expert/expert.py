@@ -43,6 +43,8 @@ class ExpertParams:
     max_push_steps: int = 15          # stop simulating this many steps after the push began
     temperature: float = 0.3          # softmax temperature over log-scores far from the goal (0: greedy)
     screen_noise: float = 0.05        # std of the noise added to screening (log) scores, for diversity
+    replan_position_tolerance: float = 0.5   # re-plan when agent or block departs from the plan by more (px)
+    replan_angle_tolerance: float = 0.01     # ... or the block's angle by more (rad)
 
     def jittered(self, rng: np.random.Generator) -> ExpertParams:
         """A copy with look-aheads, gap and travel weight drawn around the defaults."""
@@ -75,9 +77,6 @@ class ScriptedExpert:
     greedy (the given parameters, no jitter, no sampling).
     """
 
-    #: The state may depart from the prediction by this much (px, rad) before the expert re-plans.
-    POSITION_TOLERANCE = 0.5
-    ANGLE_TOLERANCE = 0.01
     #: Plans in a row without progress after which the expert counts as stuck.
     STUCK_PLANS = 2
 
@@ -134,8 +133,8 @@ class ScriptedExpert:
             return True
         predicted = self._states[self._next - 1]
         actual = np.r_[full_state[:2], full_state[4:6]]
-        return bool(np.all(np.abs(actual - predicted[:4]) <= self.POSITION_TOLERANCE)
-                    and abs(float(wrap_angle(full_state[6] - predicted[4]))) <= self.ANGLE_TOLERANCE)
+        return bool(np.all(np.abs(actual - predicted[:4]) <= self.params.replan_position_tolerance)
+                    and abs(float(wrap_angle(full_state[6] - predicted[4]))) <= self.params.replan_angle_tolerance)
 
     def _plan(self, full_state: np.ndarray) -> None:
         """Choose the next push and queue its actions (see the module docstring)."""
