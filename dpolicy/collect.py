@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -293,6 +294,8 @@ def _init_worker(images: bool, parent_pid: int | None = None,
 
     if parent_pid is not None:
         exit_with_parent(parent_pid)
+        # Ctrl-C reaches the whole process group: the parent handles it, the workers end with it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_state["env"] = PushTEnv(obs_type="state")
     _worker_state["expert"] = expert_for(variation, params)
     _worker_state["images"] = images

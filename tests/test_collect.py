@@ -160,6 +160,38 @@ def test_killed_collection_restarts_losing_and_duplicating_nothing(tmp_path):
             np.testing.assert_array_equal(got["action"], survived[i]["action"])
 
 
+def test_ctrl_c_stops_collection_with_one_line_and_keeps_the_episodes(tmp_path):
+    """Ctrl-C (SIGINT to the process group, workers included): exit status 130, one plain line on
+    stderr saying how to continue, no traceback from the command or its workers, episodes kept."""
+    out = tmp_path / "interrupted.zarr"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(_collect_command(out, 50), cwd=tmp_path, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        committed = 0
+        while committed < 1 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+            if (out / "meta" / "episode_ends" / ".zarray").exists():
+                try:
+                    committed = ReplayBuffer.open(out).n_episodes
+                except DatasetError:
+                    committed = 0  # caught between two files of a write; look again
+        assert committed >= 1 and process.poll() is None, "no episode committed while the collection ran"
+        os.killpg(process.pid, signal.SIGINT)
+        stderr = process.communicate(timeout=60)[1]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "interrupted" in stderr and "run the same command again" in stderr
+    dataset = DemoDataset(out, None)
+    assert dataset.n_episodes >= 1
+    dataset.close()
+
+
 def test_near_wall_starts_and_action_noise_follow_the_variation(tmp_path):
     """A variation changes where episodes start and what is executed, never what is recorded as the
     expert's action; it is part of the dataset's settings, so a resume with another one is refused."""

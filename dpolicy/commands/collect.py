@@ -65,44 +65,53 @@ def run(args: argparse.Namespace) -> int:
     from dpolicy.data.replay_buffer import DatasetError
 
     try:
-        if args.dagger is not None:
-            return _run_dagger(args)
-        if args.teleop:
-            from envs.pusht.teleop import TeleopUnavailable
-
-            out = args.out or Path("pusht_teleop.zarr")
-            try:
-                dataset = collect_teleop(out, seed=args.seed, images=args.images, scale=args.scale)
-            except TeleopUnavailable as err:
-                print(f"error: {err}", file=sys.stderr)
-                return 1
-            print(f"{out}: {dataset.n_episodes} episodes, {dataset.buffer.n_steps} steps")
-            dataset.close()
-            return 0
-        if args.episodes < 1 or args.workers < 1:
-            print("error: --episodes and --workers must be >= 1", file=sys.stderr)
-            return 2
-        out = args.out or Path("pusht_expert.zarr")
-        try:
-            variation = ExpertVariation(near_wall_share=args.near_wall_share, action_noise=args.action_noise,
-                                        noise_correlation=args.noise_correlation)
-            overrides = dict(_name_value(item) for item in args.expert_param)
-            expert_params_from(overrides)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        start = time.perf_counter()
-        dataset = collect_expert(out, args.episodes, workers=args.workers, seed=args.seed, images=args.images,
-                                 progress=not args.quiet, variation=variation, expert_params=overrides)
-        lengths = dataset.buffer.episode_lengths
-        print(f"{out}: {dataset.n_episodes} episodes, {dataset.buffer.n_steps} steps "
-              f"(mean length {lengths.mean() if len(lengths) else math.nan:.1f}), "
-              f"{len(dataset.failed_seeds)} failed seeds skipped; {time.perf_counter() - start:.1f} s")
-        dataset.close()
-        return 0
+        return _run(args)
+    except KeyboardInterrupt:
+        where = f"{args.out} keeps" if args.out else "the dataset keeps"
+        print(f"interrupted: {where} the episodes committed so far; run the same command again to continue",
+              file=sys.stderr)
+        return 130
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.dagger is not None:
+        return _run_dagger(args)
+    if args.teleop:
+        from envs.pusht.teleop import TeleopUnavailable
+
+        out = args.out or Path("pusht_teleop.zarr")
+        try:
+            dataset = collect_teleop(out, seed=args.seed, images=args.images, scale=args.scale)
+        except TeleopUnavailable as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        print(f"{out}: {dataset.n_episodes} episodes, {dataset.buffer.n_steps} steps")
+        dataset.close()
+        return 0
+    if args.episodes < 1 or args.workers < 1:
+        print("error: --episodes and --workers must be >= 1", file=sys.stderr)
+        return 2
+    out = args.out or Path("pusht_expert.zarr")
+    try:
+        variation = ExpertVariation(near_wall_share=args.near_wall_share, action_noise=args.action_noise,
+                                    noise_correlation=args.noise_correlation)
+        overrides = dict(_name_value(item) for item in args.expert_param)
+        expert_params_from(overrides)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    dataset = collect_expert(out, args.episodes, workers=args.workers, seed=args.seed, images=args.images,
+                             progress=not args.quiet, variation=variation, expert_params=overrides)
+    lengths = dataset.buffer.episode_lengths
+    print(f"{out}: {dataset.n_episodes} episodes, {dataset.buffer.n_steps} steps "
+          f"(mean length {lengths.mean() if len(lengths) else math.nan:.1f}), "
+          f"{len(dataset.failed_seeds)} failed seeds skipped; {time.perf_counter() - start:.1f} s")
+    dataset.close()
+    return 0
 
 
 def _name_value(item: str) -> tuple[str, str]:
