@@ -18,6 +18,7 @@
 #   RUN_ROOT   where the run directories go (default runs)
 #   DATA_ROOT  where the collected datasets go (default $RUN_ROOT/expert_data)
 #   RUNS       which runs (default "human embedded wall gentle greedy")
+#   DAGGER_EPISODES  with "greedy" in RUNS: also a DAgger round of that many episodes (21 for the row)
 set -euo pipefail
 
 RUN_ROOT=${RUN_ROOT:-runs}
@@ -51,3 +52,13 @@ for RUN in $RUNS; do
     esac
     dpolicy demo --dataset "$DATA" --out "$RUN_ROOT/demo_$RUN" --videos 2
 done
+
+# The DAgger row: one round of the "greedy" policy aggregated into a copy of its data
+# (the documented row stopped the round with Ctrl-C after 21 episodes, about 24 minutes).
+if [[ " $RUNS " == *" greedy "* && -n "${DAGGER_EPISODES:-}" ]]; then
+    rm -rf "$DATA_ROOT/greedy_dagger.zarr"
+    cp -r "$DATA_ROOT/greedy.zarr" "$DATA_ROOT/greedy_dagger.zarr"
+    dpolicy collect --dagger "$RUN_ROOT/demo_greedy/checkpoints/latest.safetensors" \
+        --out "$DATA_ROOT/greedy_dagger.zarr" --episodes "$DAGGER_EPISODES" --envs 8 --seed 1000
+    dpolicy demo --dataset "$DATA_ROOT/greedy_dagger.zarr" --out "$RUN_ROOT/demo_greedy_dagger" --videos 2
+fi
