@@ -268,6 +268,11 @@ def expert_params_from(overrides: dict | None = None):
     return ExpertParams(**converted)
 
 
+#: Re-planning tolerances of the expert under executed-action noise (px, rad).
+NOISY_REPLAN_POSITION = 4.0
+NOISY_REPLAN_ANGLE = 0.067
+
+
 def expert_for(variation: ExpertVariation, params=None):
     """The ScriptedExpert that collects with ``variation`` and ``params`` (default ``ExpertParams()``):
     under executed-action noise it re-plans only when the state departs from its plan by more than
@@ -279,11 +284,6 @@ def expert_for(variation: ExpertVariation, params=None):
         params = replace(params, replan_position_tolerance=NOISY_REPLAN_POSITION,
                          replan_angle_tolerance=NOISY_REPLAN_ANGLE)
     return ScriptedExpert(params=params)
-
-
-#: Re-planning tolerances of the expert under executed-action noise (px, rad).
-NOISY_REPLAN_POSITION = 4.0
-NOISY_REPLAN_ANGLE = 0.067
 
 
 def _init_worker(images: bool, parent_pid: int | None = None,

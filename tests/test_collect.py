@@ -110,6 +110,21 @@ def _collect_command(out: Path, episodes: int) -> list[str]:
             "--workers", "2", "--out", str(out), "--quiet"]
 
 
+def _wait_for_first_episode(out: Path, process: subprocess.Popen, timeout: float = 120.0) -> int:
+    """Poll the dataset a running collection writes until it holds an episode (or the process ends,
+    or ``timeout`` s pass); returns the committed episode count."""
+    deadline = time.monotonic() + timeout
+    committed = 0
+    while committed < 1 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        if (out / "meta" / "episode_ends" / ".zarray").exists():
+            try:
+                committed = ReplayBuffer.open(out).n_episodes
+            except DatasetError:
+                committed = 0  # caught between two files of a write; look again
+    return committed
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*rolling back a write:UserWarning")
 def test_killed_collection_restarts_losing_and_duplicating_nothing(tmp_path):
@@ -122,15 +137,7 @@ def test_killed_collection_restarts_losing_and_duplicating_nothing(tmp_path):
     process = subprocess.Popen(_collect_command(out, episodes), cwd=tmp_path, env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        committed = 0
-        while committed < 1 and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.05)
-            if (out / "meta" / "episode_ends" / ".zarray").exists():
-                try:
-                    committed = ReplayBuffer.open(out).n_episodes
-                except DatasetError:
-                    committed = 0  # caught between two files of a write; look again
+        committed = _wait_for_first_episode(out, process)
         assert process.poll() is None, f"collection ended before it could be killed: {process.stderr.read()}"
         assert committed >= 1, "no episode committed within 120 s"
     finally:
@@ -168,15 +175,7 @@ def test_ctrl_c_stops_collection_with_one_line_and_keeps_the_episodes(tmp_path):
     process = subprocess.Popen(_collect_command(out, 50), cwd=tmp_path, env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        committed = 0
-        while committed < 1 and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.05)
-            if (out / "meta" / "episode_ends" / ".zarray").exists():
-                try:
-                    committed = ReplayBuffer.open(out).n_episodes
-                except DatasetError:
-                    committed = 0  # caught between two files of a write; look again
+        committed = _wait_for_first_episode(out, process)
         assert committed >= 1 and process.poll() is None, "no episode committed while the collection ran"
         os.killpg(process.pid, signal.SIGINT)
         stderr = process.communicate(timeout=60)[1]
