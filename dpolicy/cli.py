@@ -28,7 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("dpolicy.commands.serve", "serve a checkpoint to robot clients over ZeroMQ"),
     "export": ("dpolicy.commands.export", "export a checkpoint's networks to TorchScript or ONNX"),
     "convert-checkpoint": ("dpolicy.commands.convert_checkpoint",
-                           "rewrite an old pickle (.pt) checkpoint in the safe format (needs --trust)"),
+                           "rewrite an old pickle (.pt) checkpoint in the safe format"),
     "demo": ("dpolicy.commands.demo", "the newcomer's main job: train on the embedded data, evaluate, report"),
 }
 

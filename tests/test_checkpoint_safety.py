@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,25 +121,24 @@ def test_weights_that_do_not_fit_the_config_name_the_file(tmp_path, good_checkpo
         load_policy(wider)
 
 
-def _legacy_file(path: Path, source: Path) -> Path:
-    """A checkpoint as the pickle-format versions wrote it, from the same weights."""
+def _legacy_file(path: Path, source: Path, rng: bool = False, extra: dict | None = None) -> Path:
+    """A checkpoint as the pickle-format versions wrote it, from the same weights (with their RNG
+    streams, as training checkpoints held them, when ``rng``; ``extra`` entries added as they are)."""
     checkpoint = read_checkpoint(source)
     config = json.loads(json.dumps(checkpoint.meta["config"]))
     config["policy"] = {"_target_": "dpolicy.policies.diffusion.DiffusionPolicy",
                         **{k: v for k, v in config["policy"].items() if k != "name"}}
     torch.save({"format": "dpolicy-checkpoint-v1", "package_version": "0.1.0", "config": config,
                 "shape_meta": checkpoint.meta["shape_meta"], "step": 7,
-                "model": checkpoint.weights(use_ema=False), "ema_model": None}, path)
+                "model": checkpoint.weights(use_ema=False), "ema_model": None,
+                **({"rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                            "python": random.getstate()}} if rng else {}), **(extra or {})}, path)
     return path
 
 
-def test_conversion_needs_trust_and_keeps_the_weights(tmp_path, good_checkpoint):
-    legacy = _legacy_file(tmp_path / "old.pt", good_checkpoint)
-    with pytest.raises(CheckpointError, match="can run any code"):
-        convert_legacy_checkpoint(legacy, tmp_path / "new.safetensors")
+def test_conversion_keeps_the_weights_and_rng_state(tmp_path, good_checkpoint):
+    legacy = _legacy_file(tmp_path / "old.pt", good_checkpoint, rng=True)
     proc = _run(["convert-checkpoint", str(legacy)])
-    assert proc.returncode == 1 and "--trust" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _run(["convert-checkpoint", str(legacy), "--trust"])
     assert proc.returncode == 0, proc.stderr
     converted, cfg = load_policy(legacy.with_suffix(".safetensors"))
     original, _ = load_policy(good_checkpoint)
@@ -145,6 +146,16 @@ def test_conversion_needs_trust_and_keeps_the_weights(tmp_path, good_checkpoint)
     for name, value in original.state_dict().items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, converted.state_dict()[name]), name
+
+
+def test_conversion_never_runs_a_planted_payload(tmp_path, good_checkpoint):
+    marker = tmp_path / "ran"
+    legacy = _legacy_file(tmp_path / "old.pt", good_checkpoint, extra={"hook": _Payload(marker)})
+    with pytest.raises(CheckpointError, match=r"old.pt: refused"):
+        convert_legacy_checkpoint(legacy, tmp_path / "new.safetensors")
+    proc = _run(["convert-checkpoint", str(legacy)])
+    assert proc.returncode == 1 and "old.pt: refused" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not marker.exists() and not (tmp_path / "new.safetensors").exists()
 
 
 def test_a_truncated_header_is_refused_before_parsing(tmp_path, good_checkpoint):

@@ -41,7 +41,13 @@ def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from dpolicy.bench.realtime import untrained_checkpoint
-    from dpolicy.training.checkpoint import build_policy, load_policy, read_checkpoint, save_checkpoint
+    from dpolicy.training.checkpoint import (
+        build_policy,
+        load_legacy_payload,
+        load_policy,
+        read_checkpoint,
+        save_checkpoint,
+    )
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as scratch:
@@ -63,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                             "python": random.getstate()}}, old)
 
         def load_pickle():
-            payload = torch.load(old, map_location="cpu", weights_only=False)
+            payload = load_legacy_payload(old)
             rebuilt = build_policy(OmegaConf.create(payload["config"]), payload["shape_meta"],
                                    _identity_normalizer(payload["shape_meta"]))
             rebuilt.load_state_dict(payload["ema_model"])

@@ -12,13 +12,15 @@ copies tensors; nothing in the file is executed or imported:
 - files are written to a temporary name and renamed, so a crash never leaves half a checkpoint.
 
 Checkpoints of the older pickle-based format (``.pt``) are refused with a pointer to
-``dpolicy convert-checkpoint``, which reads them only behind an explicit trust flag.
+``dpolicy convert-checkpoint``, which reads them with torch's restricted unpickler (tensors and
+data only).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import struct
 import tempfile
 from collections.abc import Mapping
@@ -197,8 +199,8 @@ class Checkpoint:
 def _read_header(path: Path, blob: bytes, size: int) -> dict:
     looks_like_safetensors = len(blob) >= 9 and blob[8:9] == b"{"  # 8-byte header length, then JSON
     if not looks_like_safetensors and (blob[:2] == b"PK" or blob[:1] == b"\x80"):  # torch zip or raw pickle
-        raise CheckpointError(f"{path}: a legacy pickle checkpoint (torch.save); loading it could run code. "
-                              f"Convert a file you trust once with `dpolicy convert-checkpoint {path} --trust`")
+        raise CheckpointError(f"{path}: a legacy pickle checkpoint (torch.save); convert it once with "
+                              f"`dpolicy convert-checkpoint {path}`")
     if len(blob) < 8:
         raise CheckpointError(f"{path}: truncated ({len(blob)} bytes), expected a safetensors checkpoint")
     (n,) = struct.unpack("<Q", blob[:8])
@@ -437,19 +439,40 @@ LEGACY_DATASET_TARGETS = {
 LEGACY_FORMAT = "dpolicy-checkpoint-v1"
 
 
-def convert_legacy_checkpoint(path: str | Path, out: str | Path, trust: bool = False) -> Path:
-    """Rewrite a pickle-format (``torch.save``) checkpoint as a safetensors one.
+def _legacy_safe_globals() -> list:
+    """What a legacy file may name besides tensors and plain containers: the constructors of the
+    NumPy arrays and dtypes in its RNG state. These build data; none of them runs code."""
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # NumPy 2 / 1
+    reconstruct = multiarray._reconstruct
+    dtypes = [type(np.dtype(name)) for name in ("uint32", "int64", "float64")]
+    return [reconstruct, np.ndarray, np.dtype, *dtypes]
 
-    Unpickling runs whatever code the file names, so it happens only with ``trust=True``: convert
-    only files you made yourself or got from someone you trust, once, and share the result.
-    """
-    path, out = Path(path), Path(out)
-    if not trust:
-        raise CheckpointError(f"{path}: converting a pickle checkpoint unpickles it, which can run any code the "
-                              "file holds; pass --trust only for a file you made or whose source you trust")
+
+def load_legacy_payload(path: str | Path) -> Any:
+    """A legacy pickle-format (``torch.save``) file's contents, through torch's restricted unpickler
+    (``weights_only=True``): tensors, plain containers and NumPy arrays only. A file that names any
+    other class or function is refused before anything it names is called."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_legacy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: refused: the file names code to run, not only tensors and data "
+                              f"({first})") from None
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable torch.save file ({exc})") from None
+
+
+def convert_legacy_checkpoint(path: str | Path, out: str | Path) -> Path:
+    """Rewrite a pickle-format (``torch.save``) checkpoint as a safetensors one.
+
+    The old file is read with :func:`load_legacy_payload`, which never runs code the file names.
+    """
+    path, out = Path(path), Path(out)
+    payload = load_legacy_payload(path)
     if not isinstance(payload, dict) or payload.get("format") != LEGACY_FORMAT:
         raise CheckpointError(f"{path}: not a legacy dpolicy checkpoint (expected format {LEGACY_FORMAT!r})")
     config = payload["config"]
