@@ -268,22 +268,36 @@ def expert_params_from(overrides: dict | None = None):
     return ExpertParams(**converted)
 
 
-#: Re-planning tolerances of the expert under executed-action noise (px, rad).
-NOISY_REPLAN_POSITION = 4.0
-NOISY_REPLAN_ANGLE = 0.067
+#: Re-planning tolerances (px, rad) of an expert whose targets are not the ones executed (noise on
+#: them, or a policy in charge under DAgger): wider than the noise moves the state in a step, so
+#: the labels keep following one plan instead of being re-drawn at every step.
+OFF_PLAN_REPLAN_POSITION = 4.0
+OFF_PLAN_REPLAN_ANGLE = 0.067
+
+
+def off_plan_params(params):
+    """``params`` with the re-planning tolerances of an expert that does not execute its own targets."""
+    return replace(params, replan_position_tolerance=OFF_PLAN_REPLAN_POSITION,
+                   replan_angle_tolerance=OFF_PLAN_REPLAN_ANGLE)
 
 
 def expert_for(variation: ExpertVariation, params=None):
-    """The ScriptedExpert that collects with ``variation`` and ``params`` (default ``ExpertParams()``):
-    under executed-action noise it re-plans only when the state departs from its plan by more than
-    the noise moves it, so its labels keep following one plan instead of being re-drawn at every step."""
+    """The ScriptedExpert that collects with ``variation`` and ``params`` (default ``ExpertParams()``);
+    under executed-action noise with :func:`off_plan_params`."""
     from envs.pusht.expert import ExpertParams, ScriptedExpert
 
     params = params or ExpertParams()
-    if variation.action_noise > 0:
-        params = replace(params, replan_position_tolerance=NOISY_REPLAN_POSITION,
-                         replan_angle_tolerance=NOISY_REPLAN_ANGLE)
-    return ScriptedExpert(params=params)
+    return ScriptedExpert(params=off_plan_params(params) if variation.action_noise > 0 else params)
+
+
+def labelling_expert(collector: dict):
+    """The ScriptedExpert that labels a policy's states for a dataset made by ``collector`` (its
+    ``collector`` metadata): the parameters the demonstrations were collected with, re-planning
+    with :func:`off_plan_params`, as the policy never executes exactly the expert's targets."""
+    from envs.pusht.expert import ScriptedExpert
+
+    stored = dict(collector.get("expert_params") or {})
+    return ScriptedExpert(params=off_plan_params(expert_params_from(stored)))
 
 
 def _init_worker(images: bool, parent_pid: int | None = None,

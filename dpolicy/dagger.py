@@ -6,7 +6,9 @@ A round is one checkpoint's rollouts. In each step the policy (through the same 
 with probability ``beta`` the expert's label is executed instead. The recorded action is always
 the expert's label, so the dataset learns what the expert would have done in the states the policy
 reaches: near walls, in corners, after a bad push. Episodes end at success or after
-``max_steps``.
+``max_steps``. The labelling expert has the parameters the dataset's demonstrations were
+collected with (:func:`~dpolicy.collect.labelling_expert`) and keeps to one plan while the
+policy stays near it, so consecutive labels of a rollout follow one route.
 
 Bookkeeping lives in the dataset's metadata and is committed with each episode in one atomic
 write: ``episode_sources`` (``"demonstration"`` or ``"dagger:<round>"`` per episode),
@@ -19,12 +21,13 @@ round (same checkpoint and settings) from the next unused reset seed, so no epis
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dpolicy.collect import DemoDataset, collection_seeds, expert_seed_for
+from dpolicy.collect import DemoDataset, collection_seeds, expert_seed_for, labelling_expert
 from dpolicy.data.replay_buffer import DatasetError
 from envs.pusht.env import MAX_EPISODE_STEPS
 from envs.pusht.recording import EpisodeRecorder
@@ -50,6 +53,9 @@ class DaggerSummary:
     round_episodes: int     # episodes of the round in the dataset after it
     policy_successes: int   # of the round's episodes, those the rollout finished successfully
     dataset_episodes: int
+    labelled_steps: int = 0     # steps labelled by this call
+    label_plans: int = 0        # plans the labelling expert made for them (one per re-plan)
+    label_seconds: float = 0.0  # wall-clock spent in the labelling expert
 
 
 def _round_settings(checkpoint: Path, step: int, beta: float, seed: int, max_steps: int) -> dict:
@@ -82,8 +88,6 @@ def dagger_round(dataset_path: str | Path, checkpoint: str | Path, episodes: int
     import envs  # noqa: F401 (registers the environments)
     from dpolicy.control.controller import ChunkController
     from dpolicy.training.checkpoint import policy_from_checkpoint, read_checkpoint
-    from envs.pusht.expert import ScriptedExpert
-
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     checkpoint = Path(checkpoint)
@@ -110,14 +114,15 @@ def dagger_round(dataset_path: str | Path, checkpoint: str | Path, episodes: int
                                  dataset_episodes=dataset.n_episodes)
         n_envs = min(int(n_envs), remaining)
         envs_ = [gym.make(env_id, **env_kwargs) for _ in range(n_envs)]
-        experts = [ScriptedExpert() for _ in range(n_envs)]
+        experts = [labelling_expert(dataset.collector) for _ in range(n_envs)]
         controller = ChunkController(policy, n_envs)
         seeds = collection_seeds(seed, skip=dataset.used_seeds)
         rng = np.random.default_rng([int(seed), index, done])
         recorders: list[EpisodeRecorder | None] = [None] * n_envs
         reset_seeds = [0] * n_envs
         previous: list[np.ndarray | None] = [None] * n_envs
-        started = added = 0
+        started = added = labelled = plans = 0
+        label_seconds = 0.0
         bar = tqdm(total=int(episodes), initial=done, desc=f"DAgger round {index}", unit="episode",
                    disable=not progress)
 
@@ -139,7 +144,11 @@ def dagger_round(dataset_path: str | Path, checkpoint: str | Path, episodes: int
                 planned = controller.act(ids)
                 for row, i in enumerate(ids):
                     env, recorder = envs_[i], recorders[i]
+                    plans_before, tick = experts[i].plans, time.perf_counter()
                     label = experts[i].act(env.unwrapped.sim.get_full_state(), previous_target=previous[i])
+                    label_seconds += time.perf_counter() - tick
+                    plans += experts[i].plans - plans_before
+                    labelled += 1
                     executed = label if rng.random() < beta else planned[row]
                     obs, _, _, _, info = recorder.step(env, executed, label=label)
                     previous[i] = np.asarray(executed, dtype=np.float64)
@@ -164,7 +173,8 @@ def dagger_round(dataset_path: str | Path, checkpoint: str | Path, episodes: int
                 env.close()
         return DaggerSummary(round=index, added=added, round_episodes=done + added,
                              policy_successes=int(rounds[index]["policy_successes"]),
-                             dataset_episodes=dataset.n_episodes)
+                             dataset_episodes=dataset.n_episodes, labelled_steps=labelled, label_plans=plans,
+                             label_seconds=label_seconds)
     finally:
         dataset.close()
 

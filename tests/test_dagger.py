@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dpolicy.bench.realtime import untrained_checkpoint
-from dpolicy.collect import DemoDataset, collect_expert, expert_seed_for, run_expert_episode
+from dpolicy.collect import DemoDataset, collect_expert, expert_seed_for, labelling_expert, run_expert_episode
 from dpolicy.dagger import dagger_round
 from dpolicy.data.replay_buffer import DatasetError, ReplayBuffer
 
@@ -36,6 +36,7 @@ def test_a_round_appends_relabelled_episodes_with_their_sources_and_round(tmp_pa
     dataset = _expert_dataset(tmp_path / "data.zarr")
     summary = dagger_round(dataset, checkpoint, episodes=3, n_envs=2, max_steps=STEPS, progress=False)
     assert (summary.round, summary.added, summary.round_episodes, summary.dataset_episodes) == (0, 3, 3, 5)
+    assert summary.labelled_steps == 3 * STEPS and 3 <= summary.label_plans <= summary.labelled_steps
     with ReplayBuffer.open(dataset) as buf:
         attrs = dict(buf.attrs)
         assert buf.n_episodes == 5 and list(buf.episode_lengths[2:]) == [STEPS] * 3
@@ -54,21 +55,35 @@ def test_a_round_appends_relabelled_episodes_with_their_sources_and_round(tmp_pa
     assert again.round == 2  # not the last round's settings: a new round, not a resume of round 0
 
 
+def test_labels_come_from_the_expert_the_dataset_was_collected_with(tmp_path, checkpoint):
+    """A dataset collected with a slower expert is relabelled by that expert: with the expert
+    executing (beta 1), its targets move at most that expert's ``max_target_step`` per step; the
+    default expert's move further from the same starts."""
+    largest_jump = {}
+    for name, params in (("slow", {"max_target_step": 5.0}), ("default", None)):
+        dataset = tmp_path / f"{name}.zarr"
+        collect_expert(dataset, episodes=1, seed=0, progress=False, expert_params=params).close()
+        dagger_round(dataset, checkpoint, episodes=2, beta=1.0, n_envs=2, max_steps=STEPS, progress=False)
+        with ReplayBuffer.open(dataset) as buf:
+            labels = [buf.get_episode(i)["action"] for i in (1, 2)]
+        largest_jump[name] = max(float(np.linalg.norm(np.diff(a, axis=0), axis=1).max()) for a in labels)
+    assert largest_jump["slow"] <= 5.0 + 1e-3 < largest_jump["default"], largest_jump
+
+
 def test_with_beta_one_the_expert_drives_and_its_episode_is_its_own_demonstration(tmp_path, checkpoint):
     """Labels are the expert's actions at the visited states: when it also executes them, the
     relabelled episode is exactly the expert's episode from that reset seed."""
     import gymnasium as gym
 
     import envs  # noqa: F401
-    from envs.pusht.expert import ScriptedExpert
-
     dataset = _expert_dataset(tmp_path / "data.zarr", episodes=1)
     dagger_round(dataset, checkpoint, episodes=1, beta=1.0, n_envs=1, max_steps=STEPS, progress=False)
     with ReplayBuffer.open(dataset) as buf:
         seed = buf.attrs["episode_seeds"][1]
         relabelled = buf.get_episode(1)
+        collector = dict(buf.attrs["collector"])
     env = gym.make("envs/PushTKeypoints-v0").unwrapped
-    reference = run_expert_episode(env, ScriptedExpert(), seed, expert_seed_for(0, seed), max_steps=STEPS)
+    reference = run_expert_episode(env, labelling_expert(collector), seed, expert_seed_for(0, seed), max_steps=STEPS)
     np.testing.assert_allclose(relabelled["action"], reference.episode["action"], atol=1e-4)
     np.testing.assert_allclose(relabelled["state"], reference.episode["state"], atol=1e-4)
 

@@ -1,6 +1,6 @@
 """`dpolicy bench data`: window-batch throughput and memory of the Push-T datasets.
 
-Targets (issue 3), on one core (torch.set_num_threads(1)): low-dim batches of 256 windows at
+Targets, on one core (torch.set_num_threads(1)): low-dim batches of 256 windows at
 >= 20,000 windows/s, image batches of 64 windows (2 frames each) at >= 2,000 windows/s, and
 a peak resident memory <= 1.5 GB with the image dataset of the human set loaded.
 Without the human dataset (or with --synthetic) a random dataset of the same size is used.

@@ -1,6 +1,6 @@
 """`dpolicy bench expert`: success, speed, smoothness and diversity of the scripted Push-T expert.
 
-Figures (targets of issue 8):
+Figures:
 
 - success rate over the evaluation resets (default seeds 100000..100499, 300 steps; target >= 99%),
   mean episode length, CPU time per episode on one core (target <= 2 s);

@@ -143,4 +143,8 @@ def _run_dagger(args: argparse.Namespace) -> int:
     print(f"{args.out}: DAgger round {summary.round}: {summary.added} episodes added, {summary.round_episodes} in "
           f"the round ({summary.policy_successes} finished by the policy), {summary.dataset_episodes} in the "
           f"dataset; {time.perf_counter() - start:.1f} s")
+    if summary.labelled_steps:
+        print(f"labelling: {summary.labelled_steps} steps, {summary.label_plans} expert plans "
+              f"({summary.label_plans / summary.labelled_steps:.0%} of the steps), "
+              f"{1000 * summary.label_seconds / summary.labelled_steps:.1f} ms per step")
     return 0

@@ -99,6 +99,8 @@ class ScriptedExpert:
         self._previous_target: np.ndarray | None = None
         self._plans_without_progress = 0
         self._last_error: float | None = None
+        #: Plans made since ``reset`` (each one simulates candidate pushes: the costly part of ``act``).
+        self.plans = 0
         #: Outline edge (index into ``T_OUTLINE``) of every push executed so far, in order.
         self.pushed_edges: list[int] = []
 
@@ -138,6 +140,7 @@ class ScriptedExpert:
 
     def _plan(self, full_state: np.ndarray) -> None:
         """Choose the next push and queue its actions (see the module docstring)."""
+        self.plans += 1
         p = self.params
         pose = full_state[4:7].copy()
         error = pose_error(pose)
