@@ -18,7 +18,7 @@
 #   RUN_ROOT   where the run directories go (default runs)
 #   DATA_ROOT  where the collected datasets go (default $RUN_ROOT/expert_data)
 #   RUNS       which runs (default "human embedded wall gentle greedy")
-#   DAGGER_EPISODES  with "greedy" in RUNS: also a DAgger round of that many episodes (21 for the row)
+#   DAGGER_EPISODES  with "greedy" in RUNS: also a DAgger round of that many episodes (40 for the row)
 set -euo pipefail
 
 RUN_ROOT=${RUN_ROOT:-runs}
