@@ -88,6 +88,7 @@ def dagger_round(dataset_path: str | Path, checkpoint: str | Path, episodes: int
     import envs  # noqa: F401 (registers the environments)
     from dpolicy.control.controller import ChunkController
     from dpolicy.training.checkpoint import policy_from_checkpoint, read_checkpoint
+
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     checkpoint = Path(checkpoint)
