@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0 if not argv or argv[0] in ("-h", "--help") else 2
         return int(args._module.run(args) or 0)
+    except BrokenPipeError:  # the reader went away (`dpolicy data info X | head`): stop quietly, as cat does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 141
     except Exception as exc:  # noqa: BLE001 (the one place that decides how errors reach the user)
         expected = expected_error(exc)
         if expected is None or debug:

@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Reproduces "What the expert data teaches" in docs/results.md: the demo's training budget
-# (`dpolicy demo`: the default recipe for 15,000 steps, the paper's 50 test seeds) on the human
-# demonstrations and on expert data collected in other ways, 200 episodes each:
+# Reproduces "What the expert data teaches" and "Expert data needs a policy that re-plans often"
+# in docs/results.md: the demo's training budget (`dpolicy demo --config pusht_lowdim`: the default
+# recipe for 15,000 steps, the paper's 50 test seeds) on the human demonstrations and on expert
+# data collected in other ways, 200 episodes each:
 #   human     the human demonstrations
 #   embedded  the embedded expert data (data/pusht/pusht_expert.zarr)
 #   wall      25% of the episodes start with the T by a wall or in a corner
 #   gentle    the expert's target moves at most 12 px per step, shorter look-aheads and pushes
 #   greedy    the route is drawn per episode only (no sampling between candidates, no screening noise)
+#   noisy     the executed targets carry correlated noise of 4 px (the recorded ones are the expert's)
+# then every run's policy re-evaluated with 1-10 actions executed per plan on seeds 300000..300099
+# (SWEEP_K, about 1-3 minutes per evaluation).
 # Each run writes DATA_ROOT/<name>.zarr (collection: 2-5 minutes) and RUN_ROOT/demo_<name>/report.md.
 #
-# Time on a 2-core CPU: about 18 minutes per run, alone on the machine.
+# Time on a 2-core CPU: about 18 minutes per run plus about 10 for its re-evaluations, alone on
+# the machine (collecting "noisy" takes about 8 minutes).
 #
 # "human" needs the human dataset: ../shared/datasets/pusht/pusht_cchi_v7_replay.zarr next to the
 # checkout, or DPOLICY_HUMAN_PUSHT pointing to it.
@@ -17,13 +22,15 @@
 # Environment variables:
 #   RUN_ROOT   where the run directories go (default runs)
 #   DATA_ROOT  where the collected datasets go (default $RUN_ROOT/expert_data)
-#   RUNS       which runs (default "human embedded wall gentle greedy")
+#   RUNS       which runs (default "human embedded wall gentle greedy noisy")
+#   SWEEP_K    executed-chunk lengths of the re-evaluation (default "1 2 3 4 6 10"; empty: none)
 #   DAGGER_EPISODES  with "greedy" in RUNS: also a DAgger round of that many episodes (40 for the row)
 set -euo pipefail
 
 RUN_ROOT=${RUN_ROOT:-runs}
 DATA_ROOT=${DATA_ROOT:-$RUN_ROOT/expert_data}
-RUNS=${RUNS:-"human embedded wall gentle greedy"}
+RUNS=${RUNS:-"human embedded wall gentle greedy noisy"}
+SWEEP_K=${SWEEP_K-"1 2 3 4 6 10"}
 HUMAN=${DPOLICY_HUMAN_PUSHT:-../shared/datasets/pusht/pusht_cchi_v7_replay.zarr}
 mkdir -p "$DATA_ROOT"
 
@@ -48,9 +55,15 @@ for RUN in $RUNS; do
             collect greedy --expert-param temperature=0 --expert-param screen_noise=0
             DATA=$DATA_ROOT/greedy.zarr
             ;;
+        noisy) collect noisy --action-noise 4 --noise-correlation 0.8; DATA=$DATA_ROOT/noisy.zarr ;;
         *) echo "unknown run $RUN" >&2; exit 2 ;;
     esac
-    dpolicy demo --dataset "$DATA" --out "$RUN_ROOT/demo_$RUN" --videos 2
+    dpolicy demo --config pusht_lowdim --dataset "$DATA" --out "$RUN_ROOT/demo_$RUN" --videos 2
+    for K in $SWEEP_K; do
+        echo "$RUN, $K actions per plan:"
+        dpolicy eval "$RUN_ROOT/demo_$RUN/checkpoints/latest.safetensors" --protocol 300000-300099 \
+            --action-steps "$K" --videos 0 --threads 1 --no-progress --out "$RUN_ROOT/demo_$RUN/eval_k$K" | tail -1
+    done
 done
 
 # The DAgger row: one round of the "greedy" policy aggregated into a copy of its data
@@ -60,5 +73,8 @@ if [[ " $RUNS " == *" greedy "* && -n "${DAGGER_EPISODES:-}" ]]; then
     cp -r "$DATA_ROOT/greedy.zarr" "$DATA_ROOT/greedy_dagger.zarr"
     dpolicy collect --dagger "$RUN_ROOT/demo_greedy/checkpoints/latest.safetensors" \
         --out "$DATA_ROOT/greedy_dagger.zarr" --episodes "$DAGGER_EPISODES" --envs 8 --seed 1000
-    dpolicy demo --dataset "$DATA_ROOT/greedy_dagger.zarr" --out "$RUN_ROOT/demo_greedy_dagger" --videos 2
+    dpolicy demo --config pusht_lowdim --dataset "$DATA_ROOT/greedy_dagger.zarr" --out "$RUN_ROOT/demo_greedy_dagger" \
+        --videos 2
+    dpolicy eval "$RUN_ROOT/demo_greedy_dagger/checkpoints/latest.safetensors" --protocol 300000-300099 \
+        --action-steps 2 --videos 0 --threads 1 --no-progress --out "$RUN_ROOT/demo_greedy_dagger/eval_k2" | tail -1
 fi

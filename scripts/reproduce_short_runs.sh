@@ -2,7 +2,7 @@
 # Reproduces the short fp32 runs of docs/results.md (UNet [64, 128, 256] without bf16 or compile,
 # one torch thread, one training seed each) and the IBC short run:
 #   human_cpu   6,000 steps on the human demonstrations (~32 minutes)
-#   demo        5,000 steps on the embedded expert data through `dpolicy demo` (~23 minutes)
+#   demo        5,000 steps on the embedded expert data through `dpolicy demo --config pusht_lowdim` (~23 minutes)
 #   ibc_human   IBC, 4,000 steps on the human demonstrations (~17 minutes)
 # followed by their evaluations (the Diffusion Policy runs on the large protocol, IBC on the paper
 # protocol), and the current `dpolicy demo` with its defaults (about 15-20 minutes).
@@ -29,7 +29,7 @@ for RUN in $RUNS; do
             dpolicy eval "$RUN_ROOT/human_cpu/checkpoints/latest.safetensors" --protocol large --vector sync --threads 1
             ;;
         demo)         # the embedded-data row; the demo itself evaluates on the paper protocol
-            dpolicy demo --steps 5000 --out "$RUN_ROOT/demo_fp32" training=cpu training.num_threads=1 \
+            dpolicy demo --config pusht_lowdim --steps 5000 --out "$RUN_ROOT/demo_fp32" training=cpu training.num_threads=1 \
                 'policy.down_dims=[64,128,256]'
             dpolicy eval "$RUN_ROOT/demo_fp32/checkpoints/latest.safetensors" --protocol large --vector sync --threads 1
             ;;
@@ -38,7 +38,7 @@ for RUN in $RUNS; do
                 training.max_minutes=null
             dpolicy eval "$RUN_ROOT/ibc_human/checkpoints/latest.safetensors" --protocol paper --vector sync --threads 2
             ;;
-        demo_default) # the demo as a newcomer runs it (15,000 steps, the default recipe)
+        demo_default) # the demo as a newcomer runs it (15,000 steps of its recipe, pusht_lowdim_expert)
             dpolicy demo --out "$RUN_ROOT/demo"
             ;;
         *)

@@ -53,6 +53,34 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
                           env=env)
 
 
+# Runs each command line through the CLI's entry point in one fresh interpreter (one torch import
+# for all of them) and prints, per command, its exit code and what it wrote to stderr.
+_DRIVER = """
+import contextlib, io, json, sys, traceback
+from dpolicy.cli import main
+results = []
+for args in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(args)
+        except BaseException:
+            traceback.print_exc()
+            code = -1
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def _run_each(commands: list[list[str]]) -> list[tuple[int, str]]:
+    """``(exit code, stderr)`` of every command, run one after another in a single new process."""
+    env = {k: v for k, v in os.environ.items() if k != "DPOLICY_DEBUG"}
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(commands)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    return [tuple(r) for r in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+
 @pytest.fixture(scope="module")
 def good_checkpoint(tmp_path_factory) -> Path:
     return untrained_checkpoint(tmp_path_factory.mktemp("good") / "tiny.safetensors", overrides=TINY)
@@ -64,12 +92,13 @@ def test_a_planted_pickle_never_executes_through_any_command(tmp_path, name):
     marker = tmp_path / "pwned"
     path = tmp_path / name
     torch.save({"format": "dpolicy-checkpoint-v1", "config": _Payload(marker)}, path)
-    for args in _commands(path, tmp_path):
-        proc = _run(args)
-        assert not marker.exists(), f"`dpolicy {' '.join(args[:2])}` executed the checkpoint's pickle"
-        assert proc.returncode == 1, (args, proc.returncode, proc.stderr[-1500:])
-        assert "Traceback" not in proc.stderr, (args, proc.stderr[-1500:])
-        assert "legacy pickle checkpoint" in proc.stderr and str(path) in proc.stderr, proc.stderr
+    commands = _commands(path, tmp_path)
+    results = _run_each(commands)
+    assert not marker.exists(), "a command executed the checkpoint's pickle"
+    for args, (code, stderr) in zip(commands, results, strict=True):
+        assert code == 1, (args, code, stderr[-1500:])
+        assert "Traceback" not in stderr, (args, stderr[-1500:])
+        assert "legacy pickle checkpoint" in stderr and str(path) in stderr, stderr
 
 
 def _with_config(source: Path, dest: Path, edit) -> Path:
@@ -92,13 +121,14 @@ def test_a_planted_target_never_executes_through_any_command(tmp_path, good_chec
         config["task"]["dataset"] = target
         config["policy"]["_target_"] = "os.makedirs"
 
-    for edit in (nested_in_policy, elsewhere):
-        path = _with_config(good_checkpoint, tmp_path / f"{edit.__name__}.safetensors", edit)
-        for args in _commands(path, tmp_path):
-            proc = _run(args)
-            assert not marker.exists(), f"`dpolicy {' '.join(args[:2])}` followed a _target_ ({edit.__name__})"
-            assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stderr[-1500:])
-            assert "is not allowed" in proc.stderr and "policy." in proc.stderr, proc.stderr
+    commands = [(edit.__name__, args) for edit in (nested_in_policy, elsewhere)
+                for args in _commands(_with_config(good_checkpoint, tmp_path / f"{edit.__name__}.safetensors", edit),
+                                      tmp_path)]
+    results = _run_each([args for _, args in commands])
+    assert not marker.exists(), "a command followed a planted _target_"
+    for (edit_name, args), (code, stderr) in zip(commands, results, strict=True):
+        assert code == 1 and "Traceback" not in stderr, (edit_name, args, stderr[-1500:])
+        assert "is not allowed" in stderr and "policy." in stderr, (edit_name, args, stderr)
 
 
 def test_unknown_policy_names_and_foreign_files_are_refused(tmp_path, good_checkpoint):

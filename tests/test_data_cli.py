@@ -1,5 +1,8 @@
 """`dpolicy data info | verify | video | render-images`."""
 
+import subprocess
+import sys
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -46,6 +49,16 @@ def test_info_reports_episodes_steps_keys_and_ranges(dataset, capsys):
     assert "(75, 2)" in lines["action"] and "float32" in lines["action"]
     assert "range [0.125, 74.12] [0.375, 74.38]" in lines["action"]  # per dimension for small keys
     assert "(all 768 dims)" in lines["img"]
+
+
+def test_info_into_a_pipe_whose_reader_has_gone_ends_quietly(dataset):
+    # as in `dpolicy data info X | head -1`, when head has exited before the output is written
+    proc = subprocess.Popen([sys.executable, "-m", "dpolicy", "data", "info", str(dataset)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # no reader left: every write to stdout fails
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
 
 
 def test_info_flags_non_finite_values_and_bad_paths(dataset, tmp_path, capsys):

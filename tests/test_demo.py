@@ -17,6 +17,7 @@ def test_demo_writes_a_report_with_curves_frames_videos_and_reference_figures(tm
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = (out / "report.md").read_text()
+    assert "`pusht_lowdim_expert`, 2 actions executed per plan" in report
     assert "| **this run** |" in report and "Diffusion Policy paper" in report and "default recipe" in report
     assert "![training curves](curves.png)" in report and (out / "curves.png").is_file()
     assert "![final frames](eval/final_frames.png)" in report and (out / "eval" / "final_frames.png").is_file()

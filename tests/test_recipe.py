@@ -24,6 +24,19 @@ def test_default_config_is_the_one_cpu_hour_recipe():
     assert ibc.training.bf16 is False and ibc.training.eval_every == 0
 
 
+def test_expert_data_recipe_is_the_default_re_planning_every_two_actions():
+    from omegaconf import OmegaConf
+
+    from dpolicy.paths import EMBEDDED_PUSHT
+
+    default, expert = compose_config("pusht_lowdim", []), compose_config("pusht_lowdim_expert", [])
+    assert expert.n_action_steps == 2 and expert.task.dataset.n_action_steps == 2
+    assert expert.task.dataset.path == str(EMBEDDED_PUSHT)
+    assert OmegaConf.to_container(expert.policy, resolve=True) == {
+        **OmegaConf.to_container(default.policy, resolve=True), "n_action_steps": 2}
+    assert expert.training == default.training  # the same budget and optimizer
+
+
 def fake_run(root, name, scores, paper=None, large=None, minutes=55.0, steps=24000):
     run = root / name
     (run / "eval").mkdir(parents=True)
