@@ -64,6 +64,11 @@ for RUN in $RUNS; do
         dpolicy eval "$RUN_ROOT/demo_$RUN/checkpoints/latest.safetensors" --protocol 300000-300099 \
             --action-steps "$K" --videos 0 --threads 1 --no-progress --out "$RUN_ROOT/demo_$RUN/eval_k$K" | tail -1
     done
+    # the demo's own recipe (pusht_lowdim_expert, 2 actions per plan) on the greedy data: the
+    # "route drawn per episode only" row of "The demo" (the embedded row is `dpolicy demo` itself)
+    if [[ "$RUN" == greedy ]]; then
+        dpolicy demo --dataset "$DATA" --out "$RUN_ROOT/demo_greedy_expert_recipe" --videos 2
+    fi
 done
 
 # The DAgger row: one round of the "greedy" policy aggregated into a copy of its data

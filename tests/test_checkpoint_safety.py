@@ -47,10 +47,14 @@ def _commands(path: Path, tmp_path: Path) -> list[list[str]]:
             ["bench", "serve", "--checkpoint", str(path)]]
 
 
+def _cli_env() -> dict[str, str]:
+    """This environment without DPOLICY_DEBUG, so errors reach stderr as the user sees them."""
+    return {k: v for k, v in os.environ.items() if k != "DPOLICY_DEBUG"}
+
+
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "DPOLICY_DEBUG"}
     return subprocess.run([sys.executable, "-m", "dpolicy", *args], capture_output=True, text=True, timeout=120,
-                          env=env)
+                          env=_cli_env())
 
 
 # Runs each command line through the CLI's entry point in one fresh interpreter (one torch import
@@ -74,9 +78,8 @@ print(json.dumps(results))
 
 def _run_each(commands: list[list[str]]) -> list[tuple[int, str]]:
     """``(exit code, stderr)`` of every command, run one after another in a single new process."""
-    env = {k: v for k, v in os.environ.items() if k != "DPOLICY_DEBUG"}
     proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(commands)], capture_output=True, text=True,
-                          timeout=300, env=env)
+                          timeout=300, env=_cli_env())
     assert proc.returncode == 0, proc.stderr[-1500:]
     return [tuple(r) for r in json.loads(proc.stdout.strip().splitlines()[-1])]
 

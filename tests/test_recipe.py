@@ -5,9 +5,11 @@ import argparse
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 from dpolicy.config import compose_config
 from dpolicy.experiments import recipe
+from dpolicy.paths import EMBEDDED_PUSHT
 
 
 def test_default_config_is_the_one_cpu_hour_recipe():
@@ -25,10 +27,6 @@ def test_default_config_is_the_one_cpu_hour_recipe():
 
 
 def test_expert_data_recipe_is_the_default_re_planning_every_two_actions():
-    from omegaconf import OmegaConf
-
-    from dpolicy.paths import EMBEDDED_PUSHT
-
     default, expert = compose_config("pusht_lowdim", []), compose_config("pusht_lowdim_expert", [])
     assert expert.n_action_steps == 2 and expert.task.dataset.n_action_steps == 2
     assert expert.task.dataset.path == str(EMBEDDED_PUSHT)
