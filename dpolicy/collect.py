@@ -188,11 +188,10 @@ class DemoDataset:
                                    "metadata); choose another --out")
             if self.collector is None:
                 self.collector = dict(stored)
-            if dict(stored) != self.collector:
-                differing = sorted(k for k in set(stored) | set(self.collector)
-                                   if stored.get(k) != self.collector.get(k))
-                details = ", ".join(f"{k}: dataset {stored.get(k)!r} vs now {self.collector.get(k)!r}"
-                                    for k in differing)
+            stored, now = _with_default_expert_params(stored), _with_default_expert_params(self.collector)
+            if stored != now:
+                differing = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+                details = ", ".join(f"{k}: dataset {stored.get(k)!r} vs now {now.get(k)!r}" for k in differing)
                 raise DatasetError(f"{path}: collected with other settings ({details}); resume with the "
                                    "same options or choose another --out")
             seeds = [int(s) for s in self.buffer.attrs.get("episode_seeds", [])]
@@ -247,6 +246,18 @@ class DemoDataset:
 # ====================================================================== parallel expert collection
 
 _worker_state: dict = {}
+
+
+def _with_default_expert_params(collector: dict) -> dict:
+    """``collector`` with its ``expert_params`` completed by the defaults of fields it does not list:
+    a dataset collected before a parameter existed was collected at that parameter's default."""
+    collector = dict(collector)
+    if isinstance(collector.get("expert_params"), dict):
+        try:
+            collector["expert_params"] = asdict(expert_params_from(collector["expert_params"]))
+        except ValueError:  # a field this version does not know: compared as stored
+            pass
+    return collector
 
 
 def expert_params_from(overrides: dict | None = None):

@@ -16,7 +16,12 @@
 #
 # Environment variables:
 #   SEEDS     training seeds (default "0 1 2")
-#   RUN_ROOT  where the run directories go (default runs); one per seed: $RUN_ROOT/cpu_hour_s<seed>
+#   RUN_ROOT  where the run directories go (default runs); one per seed: $RUN_ROOT/<prefix>_s<seed>
+#   CONFIG    pusht_lowdim (default: the human demonstrations, prefix cpu_hour) or
+#             pusht_lowdim_expert (the embedded expert dataset re-planning every 2 actions, prefix
+#             expert_hour); it needs no human dataset
+#   OVERRIDES extra training overrides, e.g. "training.max_minutes=100 training.eval_every=0" to
+#             train the full 70,000-step schedule on a CPU without bf16 units
 #
 # An existing run directory is resumed (resume=true) instead of retrained; a finished run then
 # returns at once and only the evaluations run again.
@@ -24,18 +29,24 @@ set -euo pipefail
 
 SEEDS=${SEEDS:-"0 1 2"}
 RUN_ROOT=${RUN_ROOT:-runs}
+CONFIG=${CONFIG:-pusht_lowdim}
+case "$CONFIG" in
+    pusht_lowdim) PREFIX=cpu_hour ;;
+    pusht_lowdim_expert) PREFIX=expert_hour ;;
+    *) echo "CONFIG must be pusht_lowdim or pusht_lowdim_expert, not $CONFIG" >&2; exit 2 ;;
+esac
 
 resume_flag() {  # prints resume=true when the run already holds a checkpoint
     if [[ -f "$1/checkpoints/latest.safetensors" ]]; then echo "resume=true"; fi
 }
 
 for S in $SEEDS; do
-    RUN="$RUN_ROOT/cpu_hour_s$S"
+    RUN="$RUN_ROOT/${PREFIX}_s$S"
     CKPT="$RUN/checkpoints/latest.safetensors"
 
     echo "== seed $S: train -> $RUN"
-    # shellcheck disable=SC2046
-    dpolicy train seed="$S" run_dir="$RUN" $(resume_flag "$RUN")     # the default config
+    # shellcheck disable=SC2046,SC2086
+    dpolicy train --config "$CONFIG" seed="$S" run_dir="$RUN" ${OVERRIDES:-} $(resume_flag "$RUN")
 
     echo "== seed $S: evaluate"
     dpolicy eval "$CKPT" --protocol paper --vector sync --threads 2
@@ -48,5 +59,5 @@ for S in $SEEDS; do
     dpolicy export "$CKPT" --out "$RUN/export5" --threads 1 --steps 5        # TorchScript, DDIM-5
 done
 
-echo "Per-run results: $RUN_ROOT/cpu_hour_s<seed>/eval/latest_{paper,large}/metrics.json"
+echo "Per-run results: $RUN_ROOT/${PREFIX}_s<seed>/eval/latest_{paper,large}/metrics.json"
 echo "Table and plot over the seeds: scripts/reproduce_score_plot.sh"

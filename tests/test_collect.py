@@ -242,3 +242,21 @@ def test_expert_parameters_can_be_set_and_are_recorded(tmp_path):
     assert ReplayBuffer.open(out).attrs["collector"]["expert_params"]["temperature"] == 0.0
     with pytest.raises(DatasetError, match="expert_params"):
         collect_expert(out, episodes=2, seed=0, progress=False)
+
+
+def test_a_dataset_recorded_before_a_parameter_existed_resumes_at_its_default(tmp_path):
+    # The embedded dataset's metadata predates the re-planning tolerances, which were fixed constants
+    # at today's defaults; growing it must not be refused, while a real difference still is.
+    out = tmp_path / "older.zarr"
+    collect_expert(out, episodes=1, seed=0, progress=False).close()
+    buffer = ReplayBuffer.open(out, mode="a")
+    collector = dict(buffer.attrs["collector"])
+    collector["expert_params"] = {k: v for k, v in collector["expert_params"].items()
+                                  if k != "replan_angle_tolerance"}
+    buffer.attrs["collector"] = collector
+    buffer.close()
+    dataset = collect_expert(out, episodes=2, seed=0, progress=False)
+    assert dataset.episode_seeds == [0, 1]
+    dataset.close()
+    with pytest.raises(DatasetError, match="expert_params"):
+        collect_expert(out, episodes=3, seed=0, progress=False, expert_params={"replan_angle_tolerance": 0.02})
