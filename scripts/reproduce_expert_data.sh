@@ -25,11 +25,12 @@
 #   RUNS       which runs (default "human embedded wall gentle greedy noisy")
 #   SWEEP_K    executed-chunk lengths of the re-evaluation (default "1 2 3 4 6 10"; empty: none)
 #   DAGGER_EPISODES  with "greedy" in RUNS: also a DAgger round of that many episodes (40 for the row)
+#   MORE       non-empty: also the 1,000-episode rows of "The demo" (runs nothing else when RUNS="")
 set -euo pipefail
 
 RUN_ROOT=${RUN_ROOT:-runs}
 DATA_ROOT=${DATA_ROOT:-$RUN_ROOT/expert_data}
-RUNS=${RUNS:-"human embedded wall gentle greedy noisy"}
+RUNS=${RUNS-"human embedded wall gentle greedy noisy"}
 SWEEP_K=${SWEEP_K-"1 2 3 4 6 10"}
 HUMAN=${DPOLICY_HUMAN_PUSHT:-../shared/datasets/pusht/pusht_cchi_v7_replay.zarr}
 mkdir -p "$DATA_ROOT"
@@ -82,4 +83,21 @@ if [[ " $RUNS " == *" greedy "* && -n "${DAGGER_EPISODES:-}" ]]; then
         --videos 2
     dpolicy eval "$RUN_ROOT/demo_greedy_dagger/checkpoints/latest.safetensors" --protocol 300000-300099 \
         --action-steps 2 --videos 0 --threads 1 --no-progress --out "$RUN_ROOT/demo_greedy_dagger/eval_k2" | tail -1
+fi
+
+# "The demo", 1,000 episodes (MORE=1; about 15 minutes of collection and 20 of training per
+# policy): the embedded data grown with reset seeds 200..999 of the same expert, against the
+# embedded data itself, both with the demo's own recipe, on the selection seeds at 2 actions per plan.
+if [[ -n "${MORE:-}" ]]; then
+    rm -rf "$DATA_ROOT/expert_1000.zarr"
+    cp -r data/pusht/pusht_expert.zarr "$DATA_ROOT/expert_1000.zarr"
+    dpolicy collect --expert scripted --episodes 1000 --workers 2 --seed 0 --out "$DATA_ROOT/expert_1000.zarr"
+    for NAME in embedded_expert_recipe expert_1000; do
+        DATA=$DATA_ROOT/expert_1000.zarr
+        [[ $NAME == embedded_expert_recipe ]] && DATA=data/pusht/pusht_expert.zarr
+        dpolicy demo --dataset "$DATA" --out "$RUN_ROOT/demo_$NAME" --videos 2
+        echo "$NAME, selection seeds:"
+        dpolicy eval "$RUN_ROOT/demo_$NAME/checkpoints/latest.safetensors" --protocol 300000-300099 \
+            --videos 0 --threads 1 --no-progress --out "$RUN_ROOT/demo_$NAME/eval_sel" | tail -1
+    done
 fi
