@@ -26,6 +26,7 @@
 #   SWEEP_K    executed-chunk lengths of the re-evaluation (default "1 2 3 4 6 10"; empty: none)
 #   DAGGER_EPISODES  with "greedy" in RUNS: also a DAgger round of that many episodes (40 for the row)
 #   MORE       non-empty: also the 1,000-episode rows of "The demo" (runs nothing else when RUNS="")
+#   DAGGER_DEMO_EPISODES  also the DAgger row of "The demo" (22 for the row)
 set -euo pipefail
 
 RUN_ROOT=${RUN_ROOT:-runs}
@@ -100,4 +101,20 @@ if [[ -n "${MORE:-}" ]]; then
         dpolicy eval "$RUN_ROOT/demo_$NAME/checkpoints/latest.safetensors" --protocol 300000-300099 \
             --videos 0 --threads 1 --no-progress --out "$RUN_ROOT/demo_$NAME/eval_sel" | tail -1
     done
+fi
+
+# "The demo", one DAgger round of the demo's own policy (DAGGER_DEMO_EPISODES relabelled rollouts,
+# 22 for the row; about 40 s each): aggregated into a copy of the embedded data, trained again with
+# the demo's recipe, evaluated on the selection seeds.
+if [[ -n "${DAGGER_DEMO_EPISODES:-}" ]]; then
+    BASE=$RUN_ROOT/demo_embedded_expert_recipe
+    [[ -f $BASE/checkpoints/latest.safetensors ]] || dpolicy demo --out "$BASE" --videos 2
+    rm -rf "$DATA_ROOT/embedded_dagger.zarr"
+    cp -r data/pusht/pusht_expert.zarr "$DATA_ROOT/embedded_dagger.zarr"
+    dpolicy collect --dagger "$BASE/checkpoints/latest.safetensors" --out "$DATA_ROOT/embedded_dagger.zarr" \
+        --episodes "$DAGGER_DEMO_EPISODES" --envs 8 --seed 1000
+    dpolicy demo --dataset "$DATA_ROOT/embedded_dagger.zarr" --out "$RUN_ROOT/demo_embedded_dagger" --videos 2
+    echo "embedded + DAgger, selection seeds:"
+    dpolicy eval "$RUN_ROOT/demo_embedded_dagger/checkpoints/latest.safetensors" --protocol 300000-300099 \
+        --videos 0 --threads 1 --no-progress --out "$RUN_ROOT/demo_embedded_dagger/eval_sel" | tail -1
 fi
