@@ -86,6 +86,13 @@ if [[ " $RUNS " == *" greedy "* && -n "${DAGGER_EPISODES:-}" ]]; then
         --action-steps 2 --videos 0 --threads 1 --no-progress --out "$RUN_ROOT/demo_greedy_dagger/eval_k2" | tail -1
 fi
 
+demo_then_select() {  # demo_then_select NAME DATASET: the demo's recipe on DATASET, then the selection seeds
+    dpolicy demo --dataset "$2" --out "$RUN_ROOT/demo_$1" --videos 2
+    echo "$1, selection seeds:"
+    dpolicy eval "$RUN_ROOT/demo_$1/checkpoints/latest.safetensors" --protocol 300000-300099 \
+        --videos 0 --threads 1 --no-progress --out "$RUN_ROOT/demo_$1/eval_sel" | tail -1
+}
+
 # "The demo", 1,000 episodes (MORE=1; about 15 minutes of collection and 20 of training per
 # policy): the embedded data grown with reset seeds 200..999 of the same expert, against the
 # embedded data itself, both with the demo's own recipe, on the selection seeds at 2 actions per plan.
@@ -93,14 +100,8 @@ if [[ -n "${MORE:-}" ]]; then
     rm -rf "$DATA_ROOT/expert_1000.zarr"
     cp -r data/pusht/pusht_expert.zarr "$DATA_ROOT/expert_1000.zarr"
     dpolicy collect --expert scripted --episodes 1000 --workers 2 --seed 0 --out "$DATA_ROOT/expert_1000.zarr"
-    for NAME in embedded_expert_recipe expert_1000; do
-        DATA=$DATA_ROOT/expert_1000.zarr
-        [[ $NAME == embedded_expert_recipe ]] && DATA=data/pusht/pusht_expert.zarr
-        dpolicy demo --dataset "$DATA" --out "$RUN_ROOT/demo_$NAME" --videos 2
-        echo "$NAME, selection seeds:"
-        dpolicy eval "$RUN_ROOT/demo_$NAME/checkpoints/latest.safetensors" --protocol 300000-300099 \
-            --videos 0 --threads 1 --no-progress --out "$RUN_ROOT/demo_$NAME/eval_sel" | tail -1
-    done
+    demo_then_select embedded_expert_recipe data/pusht/pusht_expert.zarr
+    demo_then_select expert_1000 "$DATA_ROOT/expert_1000.zarr"
 fi
 
 # "The demo", one DAgger round of the demo's own policy (DAGGER_DEMO_EPISODES relabelled rollouts,
@@ -108,13 +109,10 @@ fi
 # the demo's recipe, evaluated on the selection seeds.
 if [[ -n "${DAGGER_DEMO_EPISODES:-}" ]]; then
     BASE=$RUN_ROOT/demo_embedded_expert_recipe
-    [[ -f $BASE/checkpoints/latest.safetensors ]] || dpolicy demo --out "$BASE" --videos 2
+    [[ -f $BASE/checkpoints/latest.safetensors ]] || demo_then_select embedded_expert_recipe data/pusht/pusht_expert.zarr
     rm -rf "$DATA_ROOT/embedded_dagger.zarr"
     cp -r data/pusht/pusht_expert.zarr "$DATA_ROOT/embedded_dagger.zarr"
     dpolicy collect --dagger "$BASE/checkpoints/latest.safetensors" --out "$DATA_ROOT/embedded_dagger.zarr" \
         --episodes "$DAGGER_DEMO_EPISODES" --envs 8 --seed 1000
-    dpolicy demo --dataset "$DATA_ROOT/embedded_dagger.zarr" --out "$RUN_ROOT/demo_embedded_dagger" --videos 2
-    echo "embedded + DAgger, selection seeds:"
-    dpolicy eval "$RUN_ROOT/demo_embedded_dagger/checkpoints/latest.safetensors" --protocol 300000-300099 \
-        --videos 0 --threads 1 --no-progress --out "$RUN_ROOT/demo_embedded_dagger/eval_sel" | tail -1
+    demo_then_select embedded_dagger "$DATA_ROOT/embedded_dagger.zarr"
 fi
