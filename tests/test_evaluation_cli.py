@@ -68,3 +68,22 @@ def test_action_steps_sets_how_much_of_each_plan_runs(checkpoint, tmp_path, acti
 def test_action_steps_beyond_the_plan_are_refused(checkpoint, tmp_path):
     with pytest.raises(SystemExit, match=r"1\.\.15"):
         main(["eval", str(checkpoint), "--protocol", "100000", "--action-steps", "16", "--out", str(tmp_path)])
+
+
+def test_dfo_search_budget_is_set_for_an_ibc_checkpoint_and_refused_for_diffusion(checkpoint, tmp_path):
+    from dpolicy.policies.ibc import IbcPolicy
+
+    normalizer = Normalizer.from_spec({"obs": SHAPE_META["obs"]["obs"], "action": {"shape": [2]}})
+    ibc_cfg = {"name": "ibc", "horizon": 2, "n_obs_steps": 2, "n_action_steps": 1, "hidden_dim": 16,
+               "n_layers": 2, "dfo_samples": 64, "dfo_iters": 3}
+    policy = IbcPolicy(SHAPE_META, normalizer, **{k: v for k, v in ibc_cfg.items() if k != "name"})
+    config = {"task": {"env_id": "envs/PushTKeypoints-v0", "env_kwargs": {}, "max_steps": 300}, "policy": ibc_cfg}
+    ibc_path = tmp_path / "ibc" / "checkpoints" / "latest.safetensors"
+    save_checkpoint(ibc_path, {"config": config, "shape_meta": SHAPE_META, "step": 0}, policy.state_dict())
+    out = tmp_path / "eval"
+    assert main(["eval", str(ibc_path), "--protocol", "100000", "--max-steps", "3", "--vector", "sync",
+                 "--videos", "0", "--out", str(out), "--no-progress", "--dfo-samples", "16", "--dfo-iters", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["sampler"], metrics["dfo_samples"], metrics["dfo_iters"]) == ("dfo", 16, 1)
+    with pytest.raises(SystemExit, match="only energy-based"):
+        main(["eval", str(checkpoint), "--protocol", "100000", "--dfo-samples", "16", "--out", str(tmp_path)])

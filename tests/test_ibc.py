@@ -209,3 +209,25 @@ def test_a_local_proposal_needs_an_anchor_and_a_radius():
         make_policy(**{**LOCAL, "anchor_index": 2})
     with pytest.raises(ValueError, match="low_dim observation"):
         make_policy(**{**LOCAL, "anchor_key": "image"})
+
+
+def test_a_larger_search_lands_closer_to_the_minimum_and_bad_budgets_are_rejected():
+    policy = make_policy()
+    policy.energy = QuadraticEnergy([[0.3, -0.6]])
+    target = torch.tensor([0.3, -0.6])
+
+    def error() -> float:
+        gen = torch.Generator().manual_seed(0)
+        chunk = policy.sample_actions({"obs": torch.zeros(256, 2, 3)}, generator=gen)[:, -1]
+        return float((chunk - target).norm(dim=-1).mean())
+
+    policy.set_search(samples=4, iters=0)
+    coarse = error()
+    policy.set_search(samples=512, iters=3)
+    assert (policy.dfo_samples, policy.dfo_iters) == (512, 3)
+    assert error() < 0.25 * coarse
+    policy.set_search(iters=1)
+    assert (policy.dfo_samples, policy.dfo_iters) == (512, 1)  # the other setting is kept
+    for bad in ({"samples": 0}, {"iters": -1}, {"samples": 2.5}):
+        with pytest.raises(ValueError, match="search"):
+            policy.set_search(**bad)

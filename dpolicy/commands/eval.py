@@ -48,6 +48,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="diffusion sampling scheduler, e.g. ddim or ddpm (default: the checkpoint's)")
     parser.add_argument("--inference-steps", type=at_least(1), default=None,
                         help="denoising steps per chunk (default: the checkpoint's)")
+    parser.add_argument("--dfo-samples", type=at_least(1), default=None,
+                        help="IBC: candidate actions scored per search round (default: the checkpoint's)")
+    parser.add_argument("--dfo-iters", type=at_least(0), default=None,
+                        help="IBC: DFO rounds of resampling before the final argmin (default: the checkpoint's)")
     parser.add_argument("--device", default=None, help="torch device for the policy (default: auto)")
     parser.add_argument("--threads", type=at_least(1), default=None,
                         help="torch CPU threads (default: torch's; 1 is much faster on a busy machine)")
@@ -95,6 +99,8 @@ def format_summary(m: dict) -> str:
 
 
 def _sampler_info(policy) -> dict:
+    if hasattr(policy, "set_search"):
+        return {"sampler": policy.sampler, "dfo_samples": policy.dfo_samples, "dfo_iters": policy.dfo_iters}
     if not hasattr(policy, "set_inference"):
         return {}
     return {"sampler": getattr(policy, "inference_scheduler_name", None),
@@ -143,6 +149,11 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"--sampler/--inference-steps: {type(policy).__name__} has no set_inference(); "
                              "only diffusion policies have a sampler to change")
         policy.set_inference(args.sampler, args.inference_steps)
+    if args.dfo_samples is not None or args.dfo_iters is not None:
+        if not hasattr(policy, "set_search"):
+            raise SystemExit(f"--dfo-samples/--dfo-iters: {type(policy).__name__} has no set_search(); "
+                             "only energy-based (IBC) policies search for their actions")
+        policy.set_search(args.dfo_samples, args.dfo_iters)
     if args.action_steps is not None:
         try:
             policy.set_action_steps(args.action_steps)

@@ -115,6 +115,18 @@ class IbcPolicy(Policy):
         self.langevin_noise_scale = float(langevin_noise_scale)
         self.grad_penalty_weight, self.grad_penalty_margin = float(grad_penalty_weight), float(grad_penalty_margin)
 
+    def set_search(self, samples: int | None = None, iters: int | None = None) -> None:
+        """Change the inference search: ``samples`` candidates per action (DFO and Langevin) and
+        ``iters`` DFO rounds of resampling. Arguments left out keep their value; the weights do not
+        change, so one trained energy can be evaluated at several search budgets."""
+        for name, value, least in (("samples", samples, 1), ("iters", iters, 0)):
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < least):
+                raise ValueError(f"search {name} must be an integer >= {least}, got {value!r}")
+        if samples is not None:
+            self.dfo_samples = int(samples)
+        if iters is not None:
+            self.dfo_iters = int(iters)
+
     @property
     def max_action_steps(self) -> int:
         """Only the scored chunk is planned: executing fewer of its actions is possible, more is not."""
