@@ -70,7 +70,8 @@ def test_action_steps_beyond_the_plan_are_refused(checkpoint, tmp_path):
         main(["eval", str(checkpoint), "--protocol", "100000", "--action-steps", "16", "--out", str(tmp_path)])
 
 
-def test_dfo_search_budget_is_set_for_an_ibc_checkpoint_and_refused_for_diffusion(checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def ibc_checkpoint(tmp_path_factory):
     from dpolicy.policies.ibc import IbcPolicy
 
     normalizer = Normalizer.from_spec({"obs": SHAPE_META["obs"]["obs"], "action": {"shape": [2]}})
@@ -78,12 +79,28 @@ def test_dfo_search_budget_is_set_for_an_ibc_checkpoint_and_refused_for_diffusio
                "n_layers": 2, "dfo_samples": 64, "dfo_iters": 3}
     policy = IbcPolicy(SHAPE_META, normalizer, **{k: v for k, v in ibc_cfg.items() if k != "name"})
     config = {"task": {"env_id": "envs/PushTKeypoints-v0", "env_kwargs": {}, "max_steps": 300}, "policy": ibc_cfg}
-    ibc_path = tmp_path / "ibc" / "checkpoints" / "latest.safetensors"
-    save_checkpoint(ibc_path, {"config": config, "shape_meta": SHAPE_META, "step": 0}, policy.state_dict())
+    path = tmp_path_factory.mktemp("ibc") / "checkpoints" / "latest.safetensors"
+    save_checkpoint(path, {"config": config, "shape_meta": SHAPE_META, "step": 0}, policy.state_dict())
+    return path
+
+
+def test_dfo_search_budget_is_set_for_an_ibc_checkpoint_and_refused_for_diffusion(checkpoint, ibc_checkpoint,
+                                                                                  tmp_path):
     out = tmp_path / "eval"
-    assert main(["eval", str(ibc_path), "--protocol", "100000", "--max-steps", "3", "--vector", "sync",
+    assert main(["eval", str(ibc_checkpoint), "--protocol", "100000", "--max-steps", "3", "--vector", "sync",
                  "--videos", "0", "--out", str(out), "--no-progress", "--dfo-samples", "16", "--dfo-iters", "1"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["sampler"], metrics["dfo_samples"], metrics["dfo_iters"]) == ("dfo", 16, 1)
     with pytest.raises(SystemExit, match="only energy-based"):
         main(["eval", str(checkpoint), "--protocol", "100000", "--dfo-samples", "16", "--out", str(tmp_path)])
+
+
+def test_bench_infer_times_each_search_budget_of_an_ibc_checkpoint(checkpoint, ibc_checkpoint, capsys):
+    assert main(["bench", "infer", "--checkpoint", str(ibc_checkpoint), "--batch-sizes", "1", "3",
+                 "--searches", "32:1", "64:2", "--seconds", "0.01"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+    assert [(row[0], row[1]) for row in rows] == [("1", "32:1"), ("1", "64:2"), ("3", "32:1"), ("3", "64:2")]
+    with pytest.raises(SystemExit, match="--searches applies to energy-based"):
+        main(["bench", "infer", "--checkpoint", str(checkpoint), "--searches", "32:1"])
+    with pytest.raises(SystemExit, match="--searches"):
+        main(["bench", "infer", "--checkpoint", str(ibc_checkpoint), "--schedules", "ddim:4"])

@@ -6,7 +6,8 @@ normalization, observation encoding (once per chunk), the K denoising steps and 
 (``scheduler.step`` every step), to show what the scheduler bookkeeping costs.
 
 ``--checkpoint PATH`` times a trained policy instead of the presets: by default with the sampler
-saved in its checkpoint (``--schedules`` overrides it), on random observations of its own shapes.
+saved in its checkpoint (``--schedules`` overrides it; for an IBC checkpoint ``--searches`` sets
+the DFO budgets), on random observations of its own shapes.
 """
 
 from __future__ import annotations
@@ -33,12 +34,22 @@ def _schedule(text: str) -> tuple[str, int]:
     return name, int(steps)
 
 
+def _search(text: str) -> tuple[int, int]:
+    samples, _, iters = text.partition(":")
+    if not (samples.isdigit() and iters.isdigit() and int(samples) > 0):
+        raise argparse.ArgumentTypeError(f"search must look like 512:3 (samples:DFO rounds), got {text!r}")
+    return int(samples), int(iters)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--schedules", type=_schedule, nargs="+", default=None,
                         help="scheduler:steps pairs (default: ddpm:100 ddim:10; with --checkpoint: its saved "
                              "sampler)")
+    parser.add_argument("--searches", type=_search, nargs="+", default=None,
+                        help="with an IBC --checkpoint: samples:rounds pairs of the DFO search, e.g. 512:3 "
+                             "256:2 (default: its saved search)")
     parser.add_argument("--compare-diffusers", choices=["none", "batch1", "all"], default="batch1",
                         help="also time diffusers' scheduler.step loop (default: at batch 1)")
     parser.add_argument("--checkpoint", default=None,
@@ -141,27 +152,34 @@ def run_checkpoint(args: argparse.Namespace, seconds: float, note: str) -> int:
     from dpolicy.training.checkpoint import load_policy
 
     policy, _ = load_policy(args.checkpoint, device="cpu")
-    if isinstance(policy, DiffusionPolicy):
+    energy_based = hasattr(policy, "set_search")
+    if args.searches and not energy_based:
+        raise SystemExit(f"{args.checkpoint}: --searches applies to energy-based (IBC) policies, "
+                         f"this is a {type(policy).__name__}")
+    if args.schedules and not isinstance(policy, DiffusionPolicy):
+        raise SystemExit(f"{args.checkpoint}: --schedules applies to diffusion policies, this is a "
+                         f"{type(policy).__name__}" + (" (its search: --searches)" if energy_based else ""))
+    if energy_based:  # rows: (samples, rounds) of the search, label 512:3
+        settings, apply, sep = args.searches or [(policy.dfo_samples, policy.dfo_iters)], policy.set_search, ":"
+        what = f"{type(policy).__name__}, {policy.sampler} search samples:rounds"
+    elif isinstance(policy, DiffusionPolicy):  # rows: (scheduler, steps), label ddim-10
         saved = (policy.inference_scheduler_name, policy.num_inference_steps)
-        schedules = args.schedules or [saved]
+        settings, apply, sep = args.schedules or [saved], policy.set_inference, "-"
         what = f"UNet {policy.model.down_dims}, saved sampler {saved[0]}-{saved[1]}"
     else:
-        if args.schedules:
-            raise SystemExit(f"{args.checkpoint}: --schedules applies to diffusion policies, "
-                             f"this is a {type(policy).__name__}")
-        schedules, what = [None], type(policy).__name__
+        settings, apply, sep, what = [None], None, "", type(policy).__name__
     print(f"dpolicy bench infer: {args.checkpoint} ({what}, horizon {policy.horizon}, To {policy.n_obs_steps}, "
           f"Ta {policy.n_action_steps}); {note}")
     print(f"{'batch':>6}  {'schedule':<10}{'median ms':>10}{'p90 ms':>9}{'min ms':>9}{'cpu ms':>9}{'reps':>6}")
     generator = torch.Generator().manual_seed(0)
     for batch in args.batch_sizes:
         obs = random_observations(policy, batch, generator)
-        for schedule in schedules:
-            if schedule is not None:
-                policy.set_inference(*schedule)
+        for setting in settings:
+            if setting is not None:
+                apply(*setting)
             policy.predict_action(obs)  # warm-up
             times, cpu = time_chunks(policy, obs, seconds)
-            label = "-".join(map(str, schedule)) if schedule is not None else "own"
+            label = sep.join(map(str, setting)) if setting is not None else "own"
             print(f"{batch:>6}  {label:<10}{times[len(times) // 2] * 1e3:>10.1f}"
                   f"{times[int(0.9 * (len(times) - 1))] * 1e3:>9.1f}{times[0] * 1e3:>9.1f}{cpu * 1e3:>9.1f}"
                   f"{len(times):>6}")
