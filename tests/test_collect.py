@@ -173,7 +173,8 @@ def test_ctrl_c_stops_collection_with_one_line_and_keeps_the_episodes(tmp_path):
     out = tmp_path / "interrupted.zarr"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     # Far more episodes than can finish before the signal, however slowly the first one is seen.
-    # A test run elsewhere in this process may have left SIGINT ignored, which children inherit.
+    # A shell that starts the test suite in the background (without job control) starts it with
+    # SIGINT ignored, and children inherit an ignored signal: the child restores the default.
     process = subprocess.Popen(_collect_command(out, 1000), cwd=tmp_path, env=env, start_new_session=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
