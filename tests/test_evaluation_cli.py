@@ -51,6 +51,28 @@ def test_default_output_folder_sits_in_the_run_folder(checkpoint):
     assert default_out_dir(checkpoint, "1,2").name == "latest_seeds"
 
 
+def test_default_output_folder_names_changed_inference_settings(checkpoint):
+    """Evaluating one checkpoint at two search or sampler settings keeps both results."""
+    import argparse
+
+    from dpolicy.commands.eval import configure, settings_tag
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+
+    def folder(*extra):
+        args = parser.parse_args([str(checkpoint), *extra])
+        return default_out_dir(checkpoint, args.protocol, settings_tag(args)).name
+
+    assert folder() == "latest_paper"
+    assert folder("--dfo-samples", "256", "--dfo-iters", "2") == "latest_paper_dfo256x2"
+    assert folder("--dfo-iters", "2") == "latest_paper_dfockptx2"
+    assert folder("--sampler", "ddim", "--inference-steps", "5", "--action-steps", "4") == \
+        "latest_paper_ddim-steps5-ta4"
+    assert folder("--no-ema", "--seed", "3") == "latest_paper_noema-seed3"
+    assert len({folder(), folder("--inference-steps", "5"), folder("--replan-threshold", "2")}) == 3
+
+
 @pytest.mark.parametrize("action_steps, plans", [(None, 3), (12, 2), (15, 2)])
 def test_action_steps_sets_how_much_of_each_plan_runs(checkpoint, tmp_path, action_steps, plans):
     out = tmp_path / "eval"

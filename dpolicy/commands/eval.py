@@ -29,7 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "or a list such as '100000-100009' or '1,5,9' (default: paper)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: <run>/eval/<checkpoint name>_<protocol> next to the "
-                             "checkpoints folder)")
+                             "checkpoints folder, plus a tag such as _dfo256x2 or _ddim-steps5 naming the "
+                             "inference settings changed below)")
     parser.add_argument("--n-envs", type=at_least(1), default=None,
                         help="environments run at once (default: all episodes, at most 50)")
     parser.add_argument("--vector", choices=VECTOR_KINDS, default="async",
@@ -74,11 +75,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
                          help="windows spread over the episodes (default 256)")
 
 
-def default_out_dir(checkpoint: Path, protocol: str) -> Path:
-    """``runs/x/checkpoints/latest.safetensors`` -> ``runs/x/eval/latest_<protocol>``."""
+def default_out_dir(checkpoint: Path, protocol: str, settings: str = "") -> Path:
+    """``runs/x/checkpoints/latest.safetensors`` -> ``runs/x/eval/latest_<protocol>[_<settings>]``.
+
+    ``settings`` names the inference overrides (see :func:`settings_tag`), so that evaluations of one
+    checkpoint at different settings do not overwrite each other.
+    """
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
     tag = protocol if protocol in (*PROTOCOLS, "offline") else "seeds"
-    return run_dir / "eval" / f"{checkpoint.stem}_{tag}"
+    return run_dir / "eval" / (f"{checkpoint.stem}_{tag}" + (f"_{settings}" if settings else ""))
+
+
+def settings_tag(args: argparse.Namespace) -> str:
+    """A folder-name tag for the inference overrides given on the command line ('' for none)."""
+    parts = []
+    if args.sampler is not None:
+        parts.append(str(args.sampler))
+    if args.inference_steps is not None:
+        parts.append(f"steps{args.inference_steps}")
+    if args.dfo_samples is not None or args.dfo_iters is not None:
+        parts.append(f"dfo{args.dfo_samples if args.dfo_samples is not None else 'ckpt'}x"
+                     f"{args.dfo_iters if args.dfo_iters is not None else 'ckpt'}")
+    if args.action_steps is not None:
+        parts.append(f"ta{args.action_steps}")
+    if args.replan_threshold:
+        parts.append(f"replan{args.replan_threshold}")
+    if args.no_ema:
+        parts.append("noema")
+    if args.seed:
+        parts.append(f"seed{args.seed}")
+    return "-".join(parts)
 
 
 def format_summary(m: dict) -> str:
@@ -124,7 +150,7 @@ def run_offline(args: argparse.Namespace, policy, cfg) -> int:
     metrics = evaluate_offline(policy, dataset, n_samples=args.samples, max_windows=args.windows, seed=args.seed)
     metrics.update(checkpoint=str(args.checkpoint), dataset=str(dataset.path), use_ema=not args.no_ema,
                    **_sampler_info(policy))
-    out_dir = args.out or default_out_dir(args.checkpoint, "offline")
+    out_dir = args.out or default_out_dir(args.checkpoint, "offline", settings_tag(args))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(out_dir / "metrics.json", metrics)
     print(format_offline_summary(metrics))
@@ -165,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     env_id = args.env_id or str(task.env_id)
     env_kwargs = OmegaConf.to_container(task.env_kwargs, resolve=True) if task.get("env_kwargs") else {}
     max_steps = args.max_steps or task.get("max_steps")
-    out_dir = args.out or default_out_dir(args.checkpoint, args.protocol)
+    out_dir = args.out or default_out_dir(args.checkpoint, args.protocol, settings_tag(args))
     try:
         metrics = evaluate(policy, env_id, args.protocol, env_kwargs=env_kwargs, n_envs=args.n_envs,
                            vector=args.vector, max_steps=max_steps, out_dir=out_dir, n_videos=args.videos,
