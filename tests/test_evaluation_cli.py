@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
 from dpolicy.cli import main
-from dpolicy.commands.eval import default_out_dir
+from dpolicy.commands.eval import configure, default_out_dir, settings_tag
 from dpolicy.data.normalizer import Normalizer
 from dpolicy.policies.diffusion import DiffusionPolicy
 from dpolicy.training.checkpoint import save_checkpoint
@@ -53,10 +54,6 @@ def test_default_output_folder_sits_in_the_run_folder(checkpoint):
 
 def test_default_output_folder_names_changed_inference_settings(checkpoint):
     """Evaluating one checkpoint at two search or sampler settings keeps both results."""
-    import argparse
-
-    from dpolicy.commands.eval import configure, settings_tag
-
     parser = argparse.ArgumentParser()
     configure(parser)
 

@@ -94,8 +94,8 @@ def settings_tag(args: argparse.Namespace) -> str:
     if args.inference_steps is not None:
         parts.append(f"steps{args.inference_steps}")
     if args.dfo_samples is not None or args.dfo_iters is not None:
-        parts.append(f"dfo{args.dfo_samples if args.dfo_samples is not None else 'ckpt'}x"
-                     f"{args.dfo_iters if args.dfo_iters is not None else 'ckpt'}")
+        samples, iters = ("ckpt" if v is None else v for v in (args.dfo_samples, args.dfo_iters))
+        parts.append(f"dfo{samples}x{iters}")
     if args.action_steps is not None:
         parts.append(f"ta{args.action_steps}")
     if args.replan_threshold:
