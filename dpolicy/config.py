@@ -133,6 +133,12 @@ def validate_config(cfg: DictConfig) -> None:
         if too_low or too_high:
             bounds = f"{'>' if strict else '>='} {low}" + (f" and <= {high}" if high is not None else "")
             raise ConfigError(f"config key {key}={value}: expected a value {bounds}")
+    clock = OmegaConf.select(cfg, "training.schedule_clock", default="steps")
+    if clock not in ("steps", "budget"):
+        raise ConfigError(f"config key training.schedule_clock={clock!r}: expected steps or budget")
+    if clock == "budget" and not OmegaConf.select(cfg, "training.max_minutes", default=None):
+        raise ConfigError("config key training.schedule_clock=budget needs training.max_minutes (the budget "
+                          "whose clock the schedule follows)")
     horizon, n_obs, n_act = int(cfg.horizon), int(cfg.n_obs_steps), int(cfg.n_action_steps)
     if not (n_obs <= horizon and n_act <= horizon - n_obs + 1):
         raise ConfigError(f"horizon={horizon}, n_obs_steps={n_obs}, n_action_steps={n_act}: expected "

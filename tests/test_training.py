@@ -19,7 +19,7 @@ from dpolicy.data.replay_buffer import ReplayBuffer
 from dpolicy.errors import ConfigError
 from dpolicy.training.checkpoint import load_policy, read_checkpoint
 from dpolicy.training.logging import read_log
-from dpolicy.training.trainer import Trainer, warmup_cosine
+from dpolicy.training.trainer import Trainer, budget_clock_step, warmup_cosine
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,6 +73,34 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(10, 10, 100) == pytest.approx(1.0)
     assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
     assert warmup_cosine(100, 10, 100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_budget_clock_moves_the_schedule_by_the_spent_share_of_the_budget():
+    # warm-up counts steps; then the further of the step and the budget's share of the cosine's span
+    assert budget_clock_step(5, 50.0, 10, 110, 100.0) == 5
+    assert budget_clock_step(20, 50.0, 10, 110, 100.0) == pytest.approx(60.0)
+    assert budget_clock_step(90, 50.0, 10, 110, 100.0) == 90
+    assert budget_clock_step(20, 500.0, 10, 110, 100.0) == pytest.approx(110.0)
+    assert warmup_cosine(budget_clock_step(20, 100.0, 10, 110, 100.0), 10, 110) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_run_on_the_budget_clock_ends_its_decay_when_the_budget_is_spent(toy_dataset, tmp_path):
+    lr = 1e-3
+    summary = Trainer(tiny_cfg(toy_dataset, tmp_path / "run", "training.max_steps=1000000", "training.max_minutes=0.05",
+                               "training.schedule_clock=budget", f"training.lr={lr}", "training.log_every=1",
+                               "training.val_every=0", "training.checkpoint_every=1000000")).train()
+    assert 0 < summary["step"] < 1_000_000
+    lrs = [r["lr"] for r in read_log(tmp_path / "run" / "log.jsonl") if "lr" in r]
+    after_warmup = lrs[5:]
+    assert max(after_warmup) <= lr * 1.0001
+    assert all(b <= a for a, b in zip(after_warmup, after_warmup[1:], strict=False))
+    assert after_warmup[-1] < 0.01 * lr  # a step-clock cosine over a million steps would still be at its peak
+
+
+def test_the_budget_clock_needs_a_budget(toy_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="training.max_minutes"):
+        Trainer(tiny_cfg(toy_dataset, tmp_path / "run", "training.schedule_clock=budget",
+                               "training.max_minutes=null"))
 
 
 def test_loss_falls_and_checkpoint_is_self_describing(toy_dataset, tmp_path):

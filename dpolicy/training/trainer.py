@@ -50,6 +50,15 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def budget_clock_step(step: int, elapsed_s: float, warmup_steps: int, total_steps: int, budget_s: float) -> float:
+    """Where a schedule on the time budget's clock stands: after the warm-up, the further of ``step``
+    and the step that the spent share of ``budget_s`` maps to, so the cosine ends at ``total_steps``
+    or when the budget is spent, whichever comes first (a slower machine still finishes its decay)."""
+    if step < warmup_steps or budget_s <= 0:
+        return step
+    return max(step, warmup_steps + (total_steps - warmup_steps) * min(1.0, elapsed_s / budget_s))
+
+
 class _DistributedContext:
     """Rank / world size from torchrun's environment; a no-op context for a single process."""
 
@@ -124,10 +133,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=float(self.tcfg.lr), betas=tuple(self.tcfg.betas),
             weight_decay=float(self.tcfg.weight_decay), fused=self.ctx.device.type in ("cpu", "cuda"))
-        total = int(self.tcfg.max_steps)
-        warmup = int(self.tcfg.warmup_steps)
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, warmup, total, float(self.tcfg.get("min_lr_ratio", 0.0))))
+        self.elapsed_s = 0.0  # training wall-clock accumulated over resumed segments
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_multiplier)
         if self.tcfg.get("compile", False):
             compile_networks(self.policy)
         self.model = self.policy
@@ -138,13 +145,19 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
-        self.elapsed_s = 0.0  # training wall-clock accumulated over resumed segments
         self.top_k: list[dict[str, Any]] = []  # [{"score", "step", "path"}], best first
         self.logger = RunLogger(self.run_dir, enabled=self.ctx.is_main, fresh=not cfg.resume,
                                 tensorboard=bool(self.tcfg.tensorboard),
                                 wandb=bool(self.tcfg.wandb), config=OmegaConf.to_container(cfg, resolve=True))
         if cfg.resume:
             self._load_for_resume()
+
+    def _lr_multiplier(self, step: int) -> float:
+        t = self.tcfg
+        total, warmup = int(t.max_steps), int(t.warmup_steps)
+        if t.get("schedule_clock", "steps") == "budget":
+            step = budget_clock_step(step, self.elapsed_s, warmup, total, float(t.max_minutes) * 60)
+        return warmup_cosine(step, warmup, total, float(t.get("min_lr_ratio", 0.0)))
 
     # ------------------------------------------------------------------ data order
     def _epoch_batches(self, epoch: int) -> np.ndarray:
