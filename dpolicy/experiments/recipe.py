@@ -40,11 +40,21 @@ def run_figures(run_dir: Path) -> dict:
     summary = _read_json(run_dir / "summary.json") or {}
     paper = _read_json(run_dir / "eval" / "latest_paper" / "metrics.json") or {}
     large = _read_json(run_dir / "eval" / "latest_large" / "metrics.json") or {}
-    curve = [(r["elapsed_min"], r["eval/score"], r.get("eval/success_rate", math.nan))
-             for r in read_log(run_dir / "log.jsonl") if "eval/score" in r and "elapsed_min" in r]
+    rollouts = [r for r in read_log(run_dir / "log.jsonl") if "eval/score" in r and "elapsed_min" in r]
+    curve = [(r["elapsed_min"], r["eval/score"], r.get("eval/success_rate", math.nan)) for r in rollouts]
     return {"run": str(run_dir), "steps": summary.get("step"), "minutes": summary.get("train_minutes"),
             "score": paper.get("score"), "success": large.get("success_rate"),
-            "curve": curve}
+            "curve": curve, "rollout_seeds": sorted({_seed_range(r) for r in rollouts})}
+
+
+def _seed_range(record: dict) -> str:
+    """The reset seeds of a periodic rollout, in words ("50 paper seeds", "seeds 0..49")."""
+    first, n = record.get("eval/first_seed"), record.get("eval/n_seeds")
+    if first is None or n is None:
+        return "rollout seeds not logged"
+    if first == 100000 and n == 50:
+        return "50 paper seeds"
+    return f"seeds {first}..{first + n - 1}"
 
 
 def _mean_std(values: list) -> str:
@@ -102,9 +112,11 @@ def plot_score_vs_minutes(groups: dict[str, list[dict]], out_path: Path, target:
     if target is not None and math.isfinite(target):
         axes[0].axhline(target, color="gray", ls="--", lw=1, label=f"paper, mean of last 10 checkpoints ({target})")
     names = ["score (best clip(cov / 0.95))", "success rate (coverage > 0.95)"]
+    seeds = {seed for runs in groups.values() for r in runs for seed in r.get("rollout_seeds", [])}
+    seeds_text = seeds.pop() if len(seeds) == 1 else "rollout seeds differ between runs"
     for ax, name in zip(axes, names, strict=True):
         ax.set_xlabel("training wall-clock (minutes, trainer clock, rollouts included)")
-        ax.set_ylabel(f"{name}, 50 paper seeds")
+        ax.set_ylabel(f"{name}, {seeds_text}")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
