@@ -8,10 +8,10 @@
 # (`training.schedule_clock=budget`), so a slower machine still ends the run with the decay done.
 # The final EMA checkpoint is evaluated on the paper and the large protocols.
 #
-# Time on a 2-core CPU, per seed: about a minute to render the frames (once), 55 minutes of training
-# (add ~3 minutes of torch.compile on a fresh machine), a few minutes for the paper protocol and
-# about a quarter of an hour for the large one (re-planning every 2 actions costs 5x the plans of
-# the human recipe's 10). Run it alone on the machine.
+# Time on a 2-core CPU, per seed: seconds to render the frames (once), 55 minutes of training
+# (add ~3 minutes of torch.compile on a fresh machine), about a minute for the paper protocol and
+# about 12 minutes for the large one (re-planning every 2 actions makes 5x the plans of the human
+# recipe's 10). Run it alone on the machine.
 #
 # Environment variables:
 #   SEEDS     training seeds (default "42")
@@ -30,6 +30,7 @@ DATA="$RUN_ROOT/pusht_expert_img.zarr"
 if [[ ! -d "$DATA" ]]; then
     embedded=$(python -c "from dpolicy.paths import EMBEDDED_PUSHT; print(EMBEDDED_PUSHT)")
     mkdir -p "$RUN_ROOT"
+    rm -rf "$DATA.partial"          # left by an interrupted render
     cp -rL "$embedded" "$DATA.partial"
     dpolicy data render-images "$DATA.partial"
     mv "$DATA.partial" "$DATA"      # only a completely rendered copy is ever used
