@@ -20,6 +20,9 @@
 #   SEEDS     training seeds (default "0 1 2")
 #   RUN_ROOT  where the run directories go (default runs): $RUN_ROOT/ibc_<variant>_s<seed>
 #   LARGE     1: also evaluate the chosen checkpoint on the large protocol (500 episodes)
+#   SEARCH    DFO search of the evaluations after training, SAMPLES:ROUNDS (e.g. 256:2, which meets
+#             the inference targets and makes the large protocol about 15 minutes); default: the
+#             config's (512:3). The training-seed rollouts during training keep the config's.
 #
 # An existing run directory is resumed (resume=true) instead of retrained.
 set -euo pipefail
@@ -28,6 +31,14 @@ VARIANT=${VARIANT:-local}
 SEEDS=${SEEDS:-"0 1 2"}
 RUN_ROOT=${RUN_ROOT:-runs}
 LARGE=${LARGE:-0}
+SEARCH=${SEARCH:-}
+search_flags=()
+if [[ -n "$SEARCH" ]]; then
+    if [[ ! "$SEARCH" =~ ^[0-9]+:[0-9]+$ ]]; then
+        echo "SEARCH must be SAMPLES:ROUNDS (e.g. 256:2), not $SEARCH" >&2; exit 2
+    fi
+    search_flags=(--dfo-samples "${SEARCH%%:*}" --dfo-iters "${SEARCH##*:}")
+fi
 case "$VARIANT" in
     local) CONFIG=ibc_pusht_lowdim_local ;;
     faithful) CONFIG=ibc_pusht_lowdim ;;
@@ -47,16 +58,16 @@ for S in $SEEDS; do
     # The top-k checkpoints are named step=<step>-score=<training-seed score>: take the best.
     chosen=$(ls "$RUN"/checkpoints/step=*-score=*.safetensors | sort -t= -k3 -r | head -1)
     echo "chosen by the training-seed rollouts: $chosen"
-    dpolicy eval "$chosen" --protocol paper --vector sync --threads 2 --videos 2
+    dpolicy eval "$chosen" --protocol paper --vector sync --threads 2 --videos 2 "${search_flags[@]}"
     if [[ "$LARGE" == 1 ]]; then
-        dpolicy eval "$chosen" --protocol large --vector sync --threads 2 --videos 0
+        dpolicy eval "$chosen" --protocol large --vector sync --threads 2 --videos 0 "${search_flags[@]}"
     fi
     final_step=$(python -c "import sys; from dpolicy.training.checkpoint import read_checkpoint; \
 print(f'{read_checkpoint(sys.argv[1]).step:07d}')" "$LATEST")
     if [[ "$chosen" == *"step=$final_step-"* ]]; then
         echo "the chosen checkpoint is the final one: its paper-protocol figures above serve for both"
     else
-        dpolicy eval "$LATEST" --protocol paper --vector sync --threads 2 --videos 0
+        dpolicy eval "$LATEST" --protocol paper --vector sync --threads 2 --videos 0 "${search_flags[@]}"
     fi
 done
 
