@@ -6,8 +6,8 @@
 # (eager, TorchScript and ONNX, encoder included), and a real-time run at 10 Hz beside the
 # synchronous evaluation.
 #
-# Time on a 2-core CPU, per seed: 1.5-1.75 hours of training in float32, under an hour on a CPU with
-# native bf16 (add ~3 minutes of torch.compile on a fresh machine), under a minute for the paper
+# Time on a 2-core CPU, per seed: about 1.75 hours of training in float32, under an hour on a CPU
+# with native bf16 (add ~3 minutes of torch.compile on a fresh machine), under a minute for the paper
 # protocol, several minutes for the large one, a few minutes of latency measurements and about 12
 # minutes of real-time control (3,000 steps at 10 Hz, plus the synchronous episodes). Run it alone on
 # the machine: a shared machine trains fewer steps in the budget.
