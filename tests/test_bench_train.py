@@ -26,3 +26,11 @@ def test_the_command_prints_one_row_per_experiment_and_variant(capsys):
     rows = [line for line in out.splitlines() if line.startswith("pusht_image")]
     assert len(rows) == 1 and "matmul-fp32" in rows[0]
     assert "with policy.down_dims=[16,32]" in out
+
+
+def test_an_energy_based_experiment_is_measured_too(capsys):
+    assert main(["bench", "train", "--experiments", "ibc_pusht_lowdim", "--override", "policy.hidden_dim=16",
+                 "policy.n_counter_examples=4", "training.batch_size=4", "--variants", "matmul-bf16",
+                 "--seconds", "0"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ibc_pusht_lowdim")]
+    assert len(rows) == 1 and "matmul-bf16" in rows[0]

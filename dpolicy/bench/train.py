@@ -88,8 +88,12 @@ def experiment_policy(name: str, conv_impl: str, overrides: tuple[str, ...] = ()
     """``(policy, synthetic batch, batch size)`` for the experiment config ``name`` with hydra
     ``overrides`` (random weights)."""
     from dpolicy.bench.realtime import untrained_policy
+    from dpolicy.config import compose_config
 
-    policy, cfg, shape_meta = untrained_policy(name, (*overrides, f"++policy.conv_impl={conv_impl}"))
+    # Only the diffusion UNet has a choice of convolution; other policies (IBC's energy MLP) have none.
+    is_diffusion = compose_config(name, [*overrides, "task.dataset.path=null"]).policy.name == "diffusion"
+    conv_override = (f"++policy.conv_impl={conv_impl}",) if is_diffusion else ()
+    policy, cfg, shape_meta = untrained_policy(name, (*overrides, *conv_override))
     batch_size, horizon, n_obs_steps = int(cfg.training.batch_size), int(cfg.horizon), int(cfg.n_obs_steps)
     gen = torch.Generator().manual_seed(1)
     obs = {}
@@ -199,12 +203,12 @@ def run(args: argparse.Namespace) -> int:
         del policy
 
     baseline = {row[0]: row[4] for row in rows if row[1] == "native-fp32"}
-    print(f"{'config':<22}{'variant':<14}{'params':>9}{'batch':>6}{'ms/step':>10}{'steps/s':>8}{'samples/s':>11}"
+    print(f"{'config':<26}{'variant':<14}{'params':>9}{'batch':>6}{'ms/step':>10}{'steps/s':>8}{'samples/s':>11}"
           f"{'speedup':>8}{'samples/cpu-s':>15}{'steps':>7}{'first step':>12}  original")
     for name, variant, n_params, batch_size, per_step, cpu_per_step, n_steps, first_step in rows:
         ratio = f"{baseline[name] / per_step:.2f}x" if name in baseline else "-"
         original = ORIGINAL_SAMPLES_PER_S.get(name, "-")
-        print(f"{name:<22}{variant:<14}{n_params / 1e6:>8.1f}M{batch_size:>6}{per_step * 1e3:>10.0f}"
+        print(f"{name:<26}{variant:<14}{n_params / 1e6:>8.1f}M{batch_size:>6}{per_step * 1e3:>10.0f}"
               f"{1 / per_step:>8.2f}{batch_size / per_step:>11.1f}{ratio:>8}{batch_size / cpu_per_step:>15.1f}"
               f"{n_steps:>7}{first_step:>11.1f}s  {original}")
     print("speedup: wall-clock against native-fp32 of the same config; samples/cpu-s: per CPU-second of "
