@@ -10,8 +10,9 @@
 # The hour includes the selection rollouts (about 4 minutes each).
 #
 # Time on a 2-core CPU, per seed: at most 60 minutes of training (a host that makes 6-8 steps/s ends
-# the 11,000-step schedule in about 40), 1-5 minutes per paper-protocol evaluation and 10-40 for the
-# large one (skipped unless LARGE=1), by the host and the search (SEARCH=256:2 is the faster).
+# the 11,000-step schedule in about 40); with SEARCH=256:2 on such a host, about 1 minute per
+# paper-protocol evaluation and 8-10 for the large one (skipped unless LARGE=1). The config's search
+# takes about three times as long per episode.
 #
 # Needs the human dataset: ../shared/datasets/pusht/pusht_cchi_v7_replay.zarr next to the checkout,
 # or DPOLICY_HUMAN_PUSHT pointing to it.
